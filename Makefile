@@ -1,0 +1,33 @@
+# Two commands for a fresh machine: `make demo` and `make test`. Both create .venv themselves.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# Pinned here (not in pyproject.toml, whose ranges stay open for users): an unpinned torch pulls a
+# multi-GB CUDA build, and the tests are checked against these versions.
+TORCH_PIN := torch==2.13.0
+TRANSFORMERS_PIN := transformers==5.23.0
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-fast bench clean
+
+$(STAMP): pyproject.toml Makefile $(wildcard fxdelta/*.py fxdelta/*/*.py passes/*.py)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH_PIN) $(TRANSFORMERS_PIN)
+	$(PY) -m pip install --quiet -e ".[test]" --config-settings editable_mode=strict
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m fxdelta.demo
+
+test: $(STAMP)
+	$(VENV)/bin/pytest -n 2 -q
+
+test-fast: $(STAMP)
+	$(VENV)/bin/pytest -q -x -m "not slow"
+
+bench: $(STAMP)
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,39 @@
+"""fxdelta: a torch.fx graph-rewriting compiler for delta tuning.
+
+    import fxdelta
+    fxdelta.compile(model, {"delta_type": "lora", "lora_r": 8})   # patch in place
+    fxdelta.save(model, "my-delta")                                # only the delta tensors
+    fxdelta.load(fresh_model, "my-delta")
+
+OpenDelta-style classes work too: ``LoraModel(backbone_model=model)``, ``AdapterModel``,
+``BitFitModel``, ``AutoDeltaConfig``, ``AutoDeltaModel``, ``Visualization``.
+"""
+
+from fxdelta.api import compile, delta_models, load, save, show_graph
+from fxdelta.auto import AutoDeltaConfig, AutoDeltaModel
+from fxdelta.config import DeltaConfig
+from fxdelta.errors import (
+    CheckpointError,
+    ConfigError,
+    FxDeltaError,
+    SelectorError,
+    StateError,
+    UnsupportedModelError,
+)
+from fxdelta.handle import DeltaModel
+from fxdelta.methods.activations import NonLinearity
+from fxdelta.methods.adapter import AdapterConfig
+from fxdelta.methods.bitfit import BitFitConfig
+from fxdelta.methods.lora import LoraConfig
+from fxdelta.models import AdapterModel, BitFitModel, LoraModel
+from fxdelta.routes import Route
+from fxdelta.visualization import Visualization
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AdapterConfig", "AdapterModel", "AutoDeltaConfig", "AutoDeltaModel", "BitFitConfig", "BitFitModel",
+    "CheckpointError", "ConfigError", "DeltaConfig", "DeltaModel", "FxDeltaError", "LoraConfig", "LoraModel",
+    "NonLinearity", "Route", "SelectorError", "StateError", "UnsupportedModelError", "Visualization",
+    "compile", "delta_models", "load", "save", "show_graph",
+]

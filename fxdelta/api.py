@@ -1,0 +1,88 @@
+"""The compiler API: ``compile`` a spec onto a backbone, ``save``/``load`` all its deltas, inspect them."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from fxdelta import checkpoint, report
+from fxdelta.auto import AutoDeltaConfig, discard, load_deltas
+from fxdelta.config import DeltaConfig
+from fxdelta.errors import ConfigError
+from fxdelta.handle import DeltaModel, model_class_for
+from fxdelta.state import BackboneState
+
+Spec = DeltaConfig | Mapping[str, Any] | Sequence[DeltaConfig | Mapping[str, Any]] | str | os.PathLike
+
+
+def _configs(spec: Spec) -> list[DeltaConfig]:
+    if isinstance(spec, (str, os.PathLike)):
+        path = Path(spec)
+        if not path.is_file():
+            raise ConfigError(f"delta spec file {str(path)!r} does not exist")
+        try:
+            spec = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ConfigError(f"delta spec file {str(path)!r} is not valid JSON: {e}") from e
+    if isinstance(spec, (DeltaConfig, Mapping)):
+        spec = [spec]
+    if not isinstance(spec, Sequence) or not spec:
+        raise ConfigError("a delta spec is a dict (one delta), a non-empty list of dicts, or a path to a JSON file of either")
+    return [s if isinstance(s, DeltaConfig) else AutoDeltaConfig.from_dict(s) for s in spec]
+
+
+def compile(backbone: nn.Module, spec: Spec, *, example_inputs: Any = None, hooks_only: bool = False) -> nn.Module:
+    """Patch ``backbone`` in place with the deltas of ``spec`` and return it.
+
+    ``spec``: one delta's dict (the keys of ``AutoDeltaConfig.from_dict``), a list of them, a
+    config object, or the path of a JSON file holding either. All deltas attach, or none do.
+    The delta models are available from ``fxdelta.delta_models(backbone)``.
+    """
+    configs = _configs(spec)
+    handles: list[DeltaModel] = []
+    try:
+        for config in configs:
+            cls = model_class_for(config.delta_type)
+            handles.append(cls(backbone, config, example_inputs=example_inputs, hooks_only=hooks_only, attach=False))
+        for handle in handles:
+            handle.attach()
+    except BaseException:
+        for handle in handles:
+            discard(handle)
+        raise
+    return backbone
+
+
+def delta_models(backbone: nn.Module) -> dict[str, DeltaModel]:
+    """Every delta model created on ``backbone`` (attached or not), by name."""
+    state = BackboneState.find(backbone)
+    return {h.name: h for h in state.handles} if state else {}
+
+
+def save(backbone: nn.Module, directory: str | os.PathLike) -> None:
+    """Write one checkpoint folder holding every attached delta of ``backbone``."""
+    handles = [h for h in delta_models(backbone).values() if h.attached]
+    if not handles:
+        raise ConfigError(f"{type(backbone).__name__} has no attached deltas to save")
+    entries, tensors = [], {}
+    for h in handles:
+        entry, own = h.checkpoint_entry()
+        entries.append(entry)
+        tensors.update(own)
+    checkpoint.write(directory, backbone, entries, tensors)
+
+
+def load(backbone: nn.Module, directory: str | os.PathLike, **options: Any) -> nn.Module:
+    """Attach every delta saved in ``directory`` to ``backbone`` (all or none) and return it."""
+    load_deltas(directory, backbone, **options)
+    return backbone
+
+
+def show_graph(backbone: nn.Module, path: str, *, file: Any = None) -> None:
+    """Print the rewritten fx graph (code and node list) of the site carrying the delta on ``path``."""
+    report.show_graph(backbone, path, file=file)

@@ -1,0 +1,152 @@
+"""``AutoDeltaConfig`` / ``AutoDeltaModel``: build or load a delta from its ``delta_type``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from torch import nn
+
+from fxdelta import checkpoint
+from fxdelta.config import DeltaConfig
+from fxdelta.errors import CheckpointError, ConfigError, FxDeltaError
+from fxdelta.handle import DeltaModel, model_class_for
+from fxdelta.methods import method_for
+from fxdelta.select import closest_names
+from fxdelta.state import BackboneState
+
+
+def config_from_kwargs(cls: type[DeltaConfig], kwargs: Mapping[str, Any]) -> DeltaConfig:
+    """``cls(**kwargs)``, with unknown field names reported as ``ConfigError`` with suggestions."""
+    fields = cls.field_names()
+    for key in kwargs:
+        if key not in fields:
+            raise ConfigError(
+                f"{cls.__name__} has no field {key!r} (closest: {closest_names(key, fields, n=3)}); fields: {fields}"
+            )
+    return cls(**kwargs)
+
+
+class AutoDeltaConfig:
+    """Configs from plain dicts: ``AutoDeltaConfig.from_dict({"delta_type": "lora", "lora_r": 4})``."""
+
+    @staticmethod
+    def from_dict(config: Mapping[str, Any]) -> DeltaConfig:
+        if not isinstance(config, Mapping):
+            raise ConfigError(f"a delta spec must be a dict with a 'delta_type' key, got {type(config).__name__}")
+        fields = dict(config)
+        if "delta_type" not in fields:
+            raise ConfigError(f"a delta spec needs a 'delta_type' key (e.g. 'lora'); got keys {sorted(fields)}")
+        method = method_for(fields.pop("delta_type"))
+        return config_from_kwargs(method.config, fields)
+
+    @staticmethod
+    def from_finetuned(finetuned_delta_path: str | os.PathLike) -> DeltaConfig:
+        deltas = checkpoint.read_meta(finetuned_delta_path)["deltas"]
+        if len(deltas) != 1:
+            raise CheckpointError(f"{finetuned_delta_path} holds {len(deltas)} deltas; use fxdelta.load() for several")
+        return AutoDeltaConfig.from_dict(deltas[0]["config"])
+
+
+class AutoDeltaModel:
+    """Delta models from a config or a checkpoint, whatever their method."""
+
+    @staticmethod
+    def from_config(config: DeltaConfig | Mapping[str, Any], backbone_model: nn.Module, **options: Any) -> DeltaModel:
+        if not isinstance(config, DeltaConfig):
+            config = AutoDeltaConfig.from_dict(config)
+        return model_class_for(config.delta_type)(backbone_model, config, **options)
+
+    @staticmethod
+    def from_finetuned(finetuned_delta_path: str | os.PathLike, backbone_model: nn.Module, **options: Any) -> DeltaModel:
+        handles = load_deltas(finetuned_delta_path, backbone_model, **options)
+        if len(handles) != 1:
+            for h in handles:
+                discard(h)
+            raise CheckpointError(f"{finetuned_delta_path} holds {len(handles)} deltas; use fxdelta.load() for several")
+        return handles[0]
+
+
+def discard(handle: DeltaModel) -> None:
+    """Detach ``handle`` and forget it (used to undo a partial load)."""
+    handle.detach()
+    state = BackboneState.find(handle.backbone)
+    if state is not None and handle in state.handles:
+        state.handles.remove(handle)
+        state.forget_if_unused()
+
+
+def load_deltas(directory: str | os.PathLike, backbone: nn.Module, **options: Any) -> list[DeltaModel]:
+    """Build every delta of a checkpoint on ``backbone``, fill in its tensors, then attach them all.
+
+    Everything is checked before the backbone changes; if anything fails, the backbone is left
+    exactly as it was (deltas removed, unfrozen backbone tensors restored).
+    """
+    meta = checkpoint.read_meta(directory)
+    checkpoint.check_backbone(meta, backbone, directory)
+    tensors = checkpoint.read_tensors(directory)
+    params = dict(backbone.named_parameters())
+    handles: list[DeltaModel] = []
+    restore: dict[str, Any] = {}
+    used: set[str] = set()
+    try:
+        for entry in meta["deltas"]:
+            handle = _build_detached(entry, backbone, options, directory)
+            handles.append(handle)
+            used |= _fill(handle, entry, tensors, directory)
+            for name in entry.get("unfrozen", []):
+                if name not in params or name not in tensors or params[name].shape != tensors[name].shape:
+                    raise CheckpointError(f"{directory}: backbone tensor {name!r} is missing or has the wrong shape")
+                restore[name] = params[name].detach().clone()
+                used.add(name)
+        extra = sorted(set(tensors) - used)
+        if extra:
+            raise CheckpointError(f"{directory}: {len(extra)} tensors belong to no delta (e.g. {extra[:3]}); the file does not match its config")
+        for name in restore:
+            params[name].data.copy_(tensors[name])
+        for handle in handles:
+            handle.attach()
+    except BaseException:
+        for handle in handles:
+            discard(handle)
+        for name, value in restore.items():
+            params[name].data.copy_(value)
+        raise
+    return handles
+
+
+def _build_detached(entry: Mapping[str, Any], backbone: nn.Module, options: dict, directory: Any) -> DeltaModel:
+    try:
+        config = AutoDeltaConfig.from_dict(entry["config"])
+        saved_name, targets = entry["name"], list(entry["targets"])
+    except (KeyError, TypeError, FxDeltaError) as e:
+        raise CheckpointError(f"{directory}: a delta entry of its config is malformed: {e}") from e
+    state = BackboneState.find(backbone)
+    taken = {h.name for h in state.handles} if state else set()
+    config = config.replace(name=None if saved_name in taken else saved_name)
+    handle = model_class_for(config.delta_type)(backbone, config, attach=False, **options)
+    if handle.targets != targets:
+        discard(handle)
+        raise CheckpointError(
+            f"{directory}: its selectors pick {len(handle.targets)} modules on this backbone, not the "
+            f"{len(targets)} it was saved with; load it onto the architecture it was trained on"
+        )
+    handle._unfrozen = list(entry.get("unfrozen", []))
+    return handle
+
+
+def _fill(handle: DeltaModel, entry: Mapping[str, Any], tensors: Mapping[str, Any], directory: Any) -> set[str]:
+    """Copy the saved tensors into ``handle``'s (detached) delta modules; returns the keys used."""
+    used = set()
+    for e in handle.entries:
+        prefix = f"{e.target}." if e.target else ""
+        for pname, p in e.delta.named_parameters():
+            key = f"{prefix}deltas.{entry['name']}.{pname}"
+            if key not in tensors:
+                raise CheckpointError(f"{directory}: tensor {key!r} is missing from {checkpoint.TENSORS_FILE}")
+            if tensors[key].shape != p.shape:
+                raise CheckpointError(f"{directory}: tensor {key!r} has shape {tuple(tensors[key].shape)}, the delta expects {tuple(p.shape)}")
+            p.data.copy_(tensors[key])
+            used.add(key)
+    return used

@@ -1,0 +1,153 @@
+"""Graph sites: a region's fx graph rewritten by the route passes, installed as its forward.
+
+Two shapes of site share this code:
+- a *region*: a module whose own forward traced (validated against eager); targets inside it
+  are ``call_module`` nodes, the region itself may be a target too (its input and output);
+- an *opaque* site: a single-tensor target wrapped as one ``call_module`` node (``original``,
+  the module's forward as it was) in a tiny graph.
+
+The rewritten graph is compiled by fx into Python code and bound as an instance ``forward`` on
+the user's own module object: its class, methods and state_dict keys do not change, and
+uninstalling restores exactly the forward that was there before.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Sequence
+from typing import Any
+
+import torch.fx as fx
+from torch import nn
+
+from fxdelta.entries import DELTA_NAMESPACE, Entry
+from fxdelta.errors import StateError
+from fxdelta.passes import insert_input, insert_output, insert_parallel
+from fxdelta.routes import Route
+
+ORIGINAL = "original"  # the opaque node's name in an opaque site's graph
+
+_MISSING = object()
+
+
+class _Original(nn.Module):
+    """The opaque node: calls the patched module's forward as it was before fxdelta."""
+
+    def __init__(self, forward: Any, label: str) -> None:
+        super().__init__()
+        object.__setattr__(self, "_forward", forward)  # a bound method, not a submodule: no cycle in .modules()
+        self._label = label
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self._forward(*args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return f"{self._label}.forward"
+
+
+def opaque_graph(module: nn.Module) -> fx.Graph:
+    """``def forward(<module's parameters>): return self.original(<same>)``."""
+    graph = fx.Graph()
+    args, kwargs = [], {}
+    for p in list(inspect.signature(module.forward).parameters.values()):
+        default = () if p.default is inspect.Parameter.empty else (p.default,)
+        node = graph.placeholder(p.name, default_value=default[0] if default else inspect.Signature.empty)
+        (kwargs.__setitem__(p.name, node) if p.kind is p.KEYWORD_ONLY else args.append(node))
+    graph.output(graph.call_module(ORIGINAL, tuple(args), kwargs))
+    return graph
+
+
+class GraphSite:
+    """Deltas inside one region (or around one opaque module), as one rewritten fx graph."""
+
+    def __init__(self, path: str, module: nn.Module, graph: fx.Graph | None, entries: Sequence[Entry]) -> None:
+        self.path = path
+        self.module = module
+        self.opaque = graph is None
+        self.kind = "opaque graph" if self.opaque else "traced region"
+        self.pristine = graph if graph is not None else opaque_graph(module)
+        self.entries = list(entries)
+        self.gm: fx.GraphModule | None = None
+        self._saved_forward: Any = _MISSING
+
+    def _relative(self, target: str) -> str:
+        if target == self.path:
+            return ""
+        return target[len(self.path) + 1:] if self.path else target
+
+    def build(self) -> fx.GraphModule:
+        """Copy the pristine graph, run one route pass per delta (in order), compile."""
+        graph = copy.deepcopy(self.pristine)
+        state: dict[fx.Node, list[fx.Node]] = {}  # target node -> [current h_in, current h_out]
+        for entry in self.entries:
+            delta = self._delta_name(entry)
+            for node in self._target_nodes(graph, entry):
+                cur = state.setdefault(node, self._initial(graph, node))
+                consumer = node if node.op == "call_module" else None
+                if entry.route is Route.INPUT:
+                    cur[0] = insert_input(graph, cur[0], delta, consumer)
+                elif entry.route is Route.OUTPUT:
+                    cur[1] = insert_output(graph, cur[1], delta)
+                else:
+                    cur[1] = insert_parallel(graph, cur[0], cur[1], delta)
+        graph.lint()
+        root = self._root()
+        return fx.GraphModule(root, graph, class_name=type(self.module).__name__ + "Patched")
+
+    def _root(self) -> nn.Module:
+        if not self.opaque:
+            return self.module
+        root = nn.Module()
+        root.add_module(ORIGINAL, _Original(self._current_forward(), type(self.module).__name__))
+        if DELTA_NAMESPACE in self.module._modules:
+            root.add_module(DELTA_NAMESPACE, self.module._modules[DELTA_NAMESPACE])
+        return root
+
+    def _current_forward(self) -> Any:
+        return self.module.__dict__.get("forward") or getattr(type(self.module), "forward").__get__(self.module)
+
+    def _delta_name(self, entry: Entry) -> str:
+        rel = self._relative(entry.target)
+        return f"{rel}.{DELTA_NAMESPACE}.{entry.name}" if rel else f"{DELTA_NAMESPACE}.{entry.name}"
+
+    def _target_nodes(self, graph: fx.Graph, entry: Entry) -> list[fx.Node]:
+        """Every call of the target in the graph (a shared module gets its delta at each call)."""
+        rel = ORIGINAL if self.opaque else self._relative(entry.target)
+        if not rel:
+            return [next(n for n in graph.nodes if n.op == "output")]
+        nodes = [n for n in graph.nodes if n.op == "call_module" and n.target == rel]
+        assert nodes, f"target {entry.target} is not a node of {self.path}'s graph"
+        return nodes
+
+    @staticmethod
+    def _initial(graph: fx.Graph, node: fx.Node) -> list[fx.Node]:
+        if node.op == "output":  # the region itself is the target: its input and output
+            first = next(n for n in graph.nodes if n.op == "placeholder")
+            return [first, node.args[0]]
+        h_in = node.args[0] if node.args else next(iter(node.kwargs.values()))
+        return [h_in, node]
+
+    def install(self) -> None:
+        self.gm = self.build()
+        self._saved_forward = self.module.__dict__.get("forward", _MISSING)
+        self.module.forward = self.gm.forward
+
+    def uninstall(self) -> None:
+        if self.gm is None:
+            return
+        current = self.module.__dict__.get("forward", _MISSING)
+        if current != self.gm.forward:
+            raise StateError(
+                f"the forward of {self.path or 'the backbone'} was replaced by something else after fxdelta "
+                f"patched it; undo that change first (detach in the reverse order of patching)"
+            )
+        if self._saved_forward is _MISSING:
+            del self.module.forward
+        else:
+            self.module.forward = self._saved_forward
+        self.gm = None
+
+    def describe(self) -> str:
+        gm = self.gm or self.build()
+        return f"{self.kind} on {self.path or '<root>'} ({type(self.module).__name__}):\n{gm.code.strip()}"

@@ -1,0 +1,272 @@
+"""Delta models: the handle a user holds for one delta on one backbone.
+
+A delta model is not an ``nn.Module`` and is not called: the backbone is. It builds the delta
+modules (sized from FakeTensor observation), hands them to the backbone's ``BackboneState`` to
+plan and install, and offers attach/detach, freeze_module, log and save_finetuned.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from fxdelta import checkpoint, freeze, report
+from fxdelta.config import DeltaConfig
+from fxdelta.entries import DELTA_NAMESPACE, Entry
+from fxdelta.errors import ConfigError, FxDeltaError, SelectorError, UnsupportedModelError
+from fxdelta.examples import example_for
+from fxdelta.methods import Method, TargetInfo, method_for
+from fxdelta.select import select
+from fxdelta.state import BackboneState, DeltaContainer
+from fxdelta.structure import default_selectors
+
+logger = logging.getLogger(__name__)
+
+_MODEL_CLASSES: dict[str, type["DeltaModel"]] = {}
+
+
+def model_class_for(delta_type: str) -> type["DeltaModel"]:
+    return _MODEL_CLASSES.get(delta_type, DeltaModel)
+
+
+def backbone_module_names(backbone: nn.Module) -> list[str]:
+    """Module names a selector may address: the backbone's own, never fxdelta's delta modules."""
+    names = []
+    for name, module in backbone.named_modules():
+        if DELTA_NAMESPACE in name.split(".") and _inside_container(backbone, name):
+            continue
+        names.append(name)
+    return names
+
+
+def _inside_container(backbone: nn.Module, name: str) -> bool:
+    parts = name.split(".")
+    module = backbone
+    for part in parts:
+        module = module._modules[part]
+        if isinstance(module, DeltaContainer):
+            return True
+    return False
+
+
+class DeltaModel:
+    """One delta (one method, one config) on one backbone.
+
+    ``DeltaModel(backbone, config)`` builds the delta and attaches it. Method classes
+    (``LoraModel``, ...) take the config's fields as keyword arguments instead.
+    ``example_inputs`` overrides the generated example the backbone is observed with;
+    ``hooks_only=True`` uses the hook fallback everywhere (slower; for checks and debugging).
+    """
+
+    config_class: ClassVar[type[DeltaConfig] | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.config_class is not None:
+            _MODEL_CLASSES[cls.config_class.delta_type] = cls
+
+    def __init__(
+        self,
+        backbone_model: nn.Module,
+        config: DeltaConfig | None = None,
+        *,
+        example_inputs: Any = None,
+        hooks_only: bool = False,
+        attach: bool = True,
+        **hyper_parameters: Any,
+    ) -> None:
+        if not isinstance(backbone_model, nn.Module):
+            raise UnsupportedModelError(f"backbone_model must be a torch.nn.Module, got {type(backbone_model).__name__}")
+        self.config = self._make_config(config, hyper_parameters)
+        self.method: Method = method_for(self.config.delta_type)
+        self.backbone = backbone_model
+        created = BackboneState.find(backbone_model) is None
+        self._state = BackboneState.ensure(backbone_model)
+        try:
+            self.name = self._state.unique_name(self.config.name or self.config.delta_type)
+            self.targets = self._select_targets()
+            self.entries = self._build_entries(self.targets, example_inputs, hooks_only)
+            self._state.handles.append(self)
+            self._unfrozen: list[str] = []  # backbone parameters freeze_module() left trainable
+            self._state_dict_hook: Any = None
+            self.attached = False
+            if attach:
+                self.attach()
+        except BaseException:
+            if self in self._state.handles:
+                self._state.handles.remove(self)
+            if created:
+                self._state.forget_if_unused()
+            raise
+
+    # -- construction -----------------------------------------------------------------------------
+    def _make_config(self, config: DeltaConfig | None, hyper: dict[str, Any]) -> DeltaConfig:
+        cls = self.config_class
+        if config is not None:
+            if hyper:
+                raise ConfigError(f"pass either a config or keyword hyper-parameters, not both (got {sorted(hyper)})")
+            if not isinstance(config, DeltaConfig) or (cls is not None and not isinstance(config, cls)):
+                expected = cls.__name__ if cls else "a DeltaConfig"
+                raise ConfigError(f"{type(self).__name__} needs {expected}, got {type(config).__name__}")
+            return config
+        if cls is None:
+            raise ConfigError("DeltaModel needs a config; use AutoDeltaModel.from_config or a method class such as LoraModel")
+        from fxdelta.auto import config_from_kwargs
+
+        return config_from_kwargs(cls, hyper)
+
+    def _select_targets(self) -> list[str]:
+        names = backbone_module_names(self.backbone)
+        selectors = self.config.modified_modules
+        if selectors is None:
+            selectors = default_selectors(self.backbone, self.method.default_positions, self.config.delta_type)
+        targets = select(names, selectors, self.config.exclude_modules)
+        modules = dict(self.backbone.named_modules())
+        for t in targets:
+            reason = self.method.can_patch(modules[t])
+            if reason:
+                raise SelectorError(f"{self.config.delta_type} cannot patch {t or '<root>'}: {reason}; fix modified_modules")
+            container = getattr(modules[t], DELTA_NAMESPACE, None)
+            if container is not None and not isinstance(container, DeltaContainer):
+                raise SelectorError(
+                    f"{t} already has an attribute named {DELTA_NAMESPACE!r}, where fxdelta keeps deltas; "
+                    f"it cannot be patched"
+                )
+        return targets
+
+    def _build_entries(self, targets: Sequence[str], example_inputs: Any, hooks_only: bool) -> list[Entry]:
+        self._state.observe(targets, example_for(self.backbone, example_inputs))
+        modules = dict(self.backbone.named_modules())
+        order = self._state.next_serial()
+        entries = []
+        for t in targets:
+            record = self._state.records.get(t)
+            if record is None:
+                raise UnsupportedModelError(self._not_observed_message(t))
+            if record.h_out is None or not record.h_out.floating:
+                raise SelectorError(f"{t} does not output a floating-point hidden state, so {self.config.delta_type} cannot patch it")
+            if self.method.needs_h_in and (record.h_in is None or not record.h_in.floating):
+                raise SelectorError(
+                    f"{t} takes no floating-point hidden state as first argument or 'hidden_states', "
+                    f"which {self.config.delta_type} needs"
+                )
+            info = TargetInfo(path=t, module=modules[t], h_in=record.h_in, h_out=record.h_out)
+            delta = self.method.build(self.config, info)
+            entries.append(Entry(t, self.method.route, delta, self.name, order, hooks_only=hooks_only))
+        return entries
+
+    def _not_observed_message(self, target: str) -> str:
+        failures = self._state.failures
+        if failures:
+            return (
+                f"fxdelta could not observe the backbone on its example input ({failures[-1]}); "
+                f"pass example_inputs=... that the backbone accepts"
+            )
+        return (
+            f"{target} is never called when the backbone runs on its example input (its parent may use "
+            f"its weights directly, or the input does not reach it); patch a module that is called, or pass "
+            f"example_inputs=... that reach it"
+        )
+
+    # -- attach / detach --------------------------------------------------------------------------
+    def attach(self) -> "DeltaModel":
+        """Put the delta back into the backbone's computation (idempotent)."""
+        if not self.attached:
+            self._match_backbone_placement()
+            others = [e for e in self._state.active if e.name != self.name]
+            self._state.apply(others + self.entries)
+            self.attached = True
+        return self
+
+    def detach(self) -> "DeltaModel":
+        """Take the delta out: the backbone computes exactly what it did before (idempotent)."""
+        if self.attached:
+            self._state.apply([e for e in self._state.active if e.name != self.name])
+            self.attached = False
+        return self
+
+    def _match_backbone_placement(self) -> None:
+        """Follow ``backbone.to(device/dtype)`` calls made while the delta was detached."""
+        modules = dict(self.backbone.named_modules())
+        for e in self.entries:
+            ref = next((p for p in modules[e.target].parameters() if p.is_floating_point()), None)
+            if ref is not None:
+                e.delta.to(device=ref.device, dtype=ref.dtype)
+
+    # -- parameters -------------------------------------------------------------------------------
+    def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """This delta's parameters, by their backbone state_dict names (whether attached or not)."""
+        for e in self.entries:
+            for name, p in e.delta.named_parameters():
+                yield f"{e.qualified_name}.{name}", p
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        return (p for _, p in self.named_parameters())
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise FxDeltaError(
+            f"a delta model is not called; call the backbone ({type(self.backbone).__name__}), which now holds the delta"
+        )
+
+    def __repr__(self) -> str:
+        state = "attached" if self.attached else "detached"
+        return (
+            f"{type(self).__name__}(name={self.name!r}, {state}, targets={len(self.targets)}, "
+            f"parameters={self.num_parameters():,})"
+        )
+
+    # -- freezing, reporting, saving (their logic lives in their own modules) ---------------------
+    def freeze_module(
+        self,
+        exclude: Sequence[str] | None = None,
+        set_state_dict: bool = False,
+    ) -> "DeltaModel":
+        """Freeze the backbone except ``exclude`` (default: ``config.unfrozen_modules``, i.e. the deltas).
+
+        ``exclude`` uses the module-selector grammar on module and parameter names: ``"deltas"``
+        keeps every attached delta trainable, ``"layernorm_embedding"`` that module's parameters.
+        With ``set_state_dict=True`` the backbone's ``state_dict()`` then holds only trainable
+        tensors. Backbone parameters left trainable are saved by ``save_finetuned``.
+        """
+        patterns = self.config.unfrozen_modules if exclude is None else exclude
+        self._unfrozen = freeze.freeze(self.backbone, patterns, backbone_module_names(self.backbone))
+        if self._state_dict_hook is not None:
+            self._state_dict_hook.remove()
+            self._state_dict_hook = None
+        if set_state_dict:
+            self._state_dict_hook = freeze.keep_trainable_in_state_dict(self.backbone)
+        return self
+
+    def log(self, *, file: Any = None) -> None:
+        """Print the collapsed backbone tree with this delta marked, and parameter counts."""
+        report.log(self, file=file)
+
+    def rewritten_graphs(self) -> dict[str, Any]:
+        """``{site path: fx.GraphModule}`` for every graph that carries this delta (hook sites omitted)."""
+        return report.rewritten_graphs(self)
+
+    def show_graph(self, path: str | None = None, *, file: Any = None) -> None:
+        """Print the rewritten code and node list of the site carrying ``path`` (default: the first target)."""
+        report.show_graph(self.backbone, path or self.targets[0], file=file)
+
+    def checkpoint_entry(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """This delta's checkpoint record and tensors (deltas plus backbone tensors it unfroze)."""
+        tensors = {name: p.detach() for name, p in self.named_parameters()}
+        backbone_params = dict(self.backbone.named_parameters())
+        unfrozen = [n for n in self._unfrozen if n in backbone_params and backbone_params[n].requires_grad]
+        tensors.update((n, backbone_params[n].detach()) for n in unfrozen)
+        entry = {"name": self.name, "config": self.config.to_dict(), "targets": list(self.targets), "unfrozen": unfrozen}
+        return entry, tensors
+
+    def save_finetuned(self, save_directory: str | os.PathLike) -> None:
+        """Write ``save_directory`` with only this delta's tensors (plus backbone tensors it unfroze)."""
+        entry, tensors = self.checkpoint_entry()
+        checkpoint.write(save_directory, self.backbone, [entry], tensors)

@@ -1,0 +1,109 @@
+"""The hook fallback: the three routes on a module fxdelta cannot express as a graph node.
+
+Used for modules that take several arguments or return tuples (attention blocks, layers, the
+``hidden_states=`` keyword), and for modules their parent only calls when hooks are present.
+``h_in`` is the first positional argument or the ``hidden_states`` keyword; ``h_out`` is the
+output, or element 0 of a tuple, or the first field of a ``ModelOutput``. Everything else passes
+through untouched. The numbers equal the graph path's (tests/test_parity.py keeps them equal).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from fxdelta.entries import Entry
+from fxdelta.errors import StateError
+from fxdelta.observe import OutKind, first_hidden, first_param_name, hidden_slot
+from fxdelta.routes import Route
+
+
+def _replace_slot(args: tuple, kwargs: dict, slot: int | str, value: torch.Tensor) -> tuple[tuple, dict]:
+    if isinstance(slot, int):
+        return (*args[:slot], value, *args[slot + 1:]), kwargs
+    return args, {**kwargs, slot: value}
+
+
+def _repack(out: Any, kind: OutKind, hidden: torch.Tensor) -> Any:
+    if kind is OutKind.TENSOR:
+        return hidden
+    if kind is OutKind.SEQUENCE:
+        return type(out)((hidden, *out[1:])) if isinstance(out, tuple) else [hidden, *out[1:]]
+    key = next(iter(out.keys()))
+    out[key] = hidden  # ModelOutput keeps its attribute and item views in sync
+    return out
+
+
+class HookSite:
+    """Deltas on one module, applied by a forward pre-hook (input route) and a forward hook."""
+
+    kind = "hooks"
+
+    def __init__(self, path: str, module: nn.Module, entries: Sequence[Entry]) -> None:
+        self.path = path
+        self.module = module
+        self.entries = list(entries)
+        self._first_param = first_param_name(module)
+        self._handles: list[Any] = []
+
+    def _slot(self, args: tuple, kwargs: dict) -> int | str:
+        slot = hidden_slot(args, kwargs, self._first_param)
+        if slot is None:
+            raise StateError(
+                f"fxdelta: {self.path or 'the backbone'} ({type(self.module).__name__}) was called without a "
+                f"tensor as first positional argument or 'hidden_states' keyword, so its delta has no h_in"
+            )
+        return slot
+
+    def _pre_hook(self, module: nn.Module, args: tuple, kwargs: dict):
+        slot = self._slot(args, kwargs)
+        h = args[slot] if isinstance(slot, int) else kwargs[slot]
+        for entry in self.entries:
+            if entry.route is Route.INPUT:
+                h = h + entry.delta(h)
+        return _replace_slot(args, kwargs, slot, h)
+
+    def _post_hook(self, module: nn.Module, args: tuple, kwargs: dict, out: Any):
+        kind, h = first_hidden(out)
+        if kind is OutKind.OTHER:
+            raise StateError(
+                f"fxdelta: {self.path or 'the backbone'} returned {type(out).__name__}, which holds no hidden-state tensor"
+            )
+        h_in = None
+        for entry in self.entries:
+            if entry.route is Route.OUTPUT:
+                h = h + entry.delta(h)
+            elif entry.route is Route.PARALLEL:
+                if h_in is None:
+                    slot = self._slot(args, kwargs)
+                    h_in = args[slot] if isinstance(slot, int) else kwargs[slot]
+                h = h + entry.delta(h_in)
+        return _repack(out, kind, h)
+
+    def install(self) -> None:
+        routes = {e.route for e in self.entries}
+        # Pre-hook last among pre-hooks, forward hook first among hooks: like the graph path, user
+        # hooks see the module's unpatched input and its patched output.
+        if Route.INPUT in routes:
+            self._handles.append(self.module.register_forward_pre_hook(self._pre_hook, with_kwargs=True))
+        if routes - {Route.INPUT}:
+            self._handles.append(self.module.register_forward_hook(self._post_hook, with_kwargs=True, prepend=True))
+
+    def uninstall(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def describe(self) -> str:
+        lines = [f"hook fallback on {self.path or '<root>'} ({type(self.module).__name__}):"]
+        for e in self.entries:
+            formula = {
+                Route.INPUT: "h_in <- h_in + d(h_in)   [forward pre-hook]",
+                Route.OUTPUT: "h_out <- h_out + d(h_out)   [forward hook]",
+                Route.PARALLEL: "h_out <- h_out + d(h_in)   [forward hook]",
+            }[e.route]
+            lines.append(f"  {e.qualified_name}: {formula}")
+        return "\n".join(lines)

@@ -1,0 +1,50 @@
+"""BitFit (Ben Zaken et al. 2021) as a delta: a new zero bias added to a module's output.
+
+Unlike unfreezing the backbone's own biases, a separate bias can be detached, saved alone and
+swapped per task.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from fxdelta.config import DeltaConfig
+from fxdelta.methods.base import Method, TargetInfo
+from fxdelta.routes import Route
+
+
+@dataclass(frozen=True, kw_only=True)
+class BitFitConfig(DeltaConfig):
+    """BitFit has no hyper-parameters beyond where to patch."""
+
+    delta_type: ClassVar[str] = "bitfit"
+
+
+class BitFitDelta(nn.Module):
+    """``d(h) = b``, broadcast over every axis but the feature axis; ``b`` starts at zero."""
+
+    def __init__(self, shape: tuple[int, ...], *, dtype=None, device=None) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(shape, dtype=dtype, device=device))  # (F,) or (C, 1, ..., 1)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.bias
+
+
+def build(config: BitFitConfig, target: TargetInfo) -> BitFitDelta:
+    features = target.out_features
+    trailing = len(target.h_out.shape) - 2 if target.feature_axis == 1 else 0
+    return BitFitDelta((features,) + (1,) * trailing, dtype=target.dtype, device=target.device)
+
+
+METHOD = Method(
+    delta_type="bitfit",
+    config=BitFitConfig,
+    build=build,
+    route=Route.OUTPUT,
+    default_positions=("attn.q", "attn.k", "attn.v", "attn.o", "ff.w1", "ff.w2", "layer_norm"),
+)

@@ -1,0 +1,66 @@
+"""LoRA (Hu et al. 2021): a low-rank update in parallel with a linear layer."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fxdelta.config import DeltaConfig
+from fxdelta.methods.base import Method, TargetInfo, linear_only
+from fxdelta.routes import Route
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoraConfig(DeltaConfig):
+    """``lora_r``: rank; ``lora_alpha``: the update is scaled by ``lora_alpha / lora_r``;
+    ``lora_dropout``: dropout on the LoRA branch's input."""
+
+    delta_type: ClassVar[str] = "lora"
+
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+
+    def validate(self) -> None:
+        self._positive_int("lora_r")
+        self._number("lora_alpha", 0, low_inclusive=False)
+        self._number("lora_dropout", 0.0, 1.0)
+
+
+class LoraDelta(nn.Module):
+    """``d(x) = dropout(x) A^T B^T * alpha / r``; B starts at zero, so the patched layer starts unchanged."""
+
+    def __init__(self, in_features: int, out_features: int, config: LoraConfig, *, dtype=None, device=None) -> None:
+        super().__init__()
+        self.lora_A = nn.Parameter(torch.empty(config.lora_r, in_features, dtype=dtype, device=device))  # (r, in)
+        self.lora_B = nn.Parameter(torch.zeros(out_features, config.lora_r, dtype=dtype, device=device))  # (out, r)
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        self.scaling = config.lora_alpha / config.lora_r
+        self.lora_dropout = nn.Dropout(config.lora_dropout) if config.lora_dropout > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B) * self.scaling  # (..., out)
+
+    def extra_repr(self) -> str:
+        r, n_in = self.lora_A.shape
+        return f"in={n_in}, out={self.lora_B.shape[0]}, r={r}, scaling={self.scaling:g}"
+
+
+def build(config: LoraConfig, target: TargetInfo) -> LoraDelta:
+    return LoraDelta(target.in_features, target.out_features, config, dtype=target.dtype, device=target.device)
+
+
+METHOD = Method(
+    delta_type="lora",
+    config=LoraConfig,
+    build=build,
+    route=Route.PARALLEL,
+    default_positions=("attn.q", "attn.v"),
+    can_patch=linear_only,
+    needs_h_in=True,
+)

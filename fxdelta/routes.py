@@ -1,0 +1,11 @@
+"""The three routes by which a delta joins a module's computation (DESIGN.md section 1)."""
+
+import enum
+
+
+class Route(enum.Enum):
+    """Where a delta ``d`` reads from and writes to, around a module ``m``."""
+
+    INPUT = "input"  # h_in <- h_in + d(h_in), then m
+    OUTPUT = "output"  # h_out <- h_out + d(h_out)
+    PARALLEL = "parallel"  # h_out <- h_out + d(h_in)
