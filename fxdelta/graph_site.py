@@ -28,8 +28,6 @@ from fxdelta.routes import Route
 
 ORIGINAL = "original"  # the opaque node's name in an opaque site's graph
 
-_MISSING = object()
-
 
 class _Original(nn.Module):
     """The opaque node: calls the patched module's forward as it was before fxdelta."""
@@ -69,7 +67,7 @@ class GraphSite:
         self.pristine = graph if graph is not None else opaque_graph(module)
         self.entries = list(entries)
         self.gm: fx.GraphModule | None = None
-        self._saved_forward: Any = _MISSING
+        self._saved_forward: tuple[Any, ...] = ()  # (forward,) if the module had an instance forward
 
     def _relative(self, target: str) -> str:
         if target == self.path:
@@ -130,22 +128,22 @@ class GraphSite:
 
     def install(self) -> None:
         self.gm = self.build()
-        self._saved_forward = self.module.__dict__.get("forward", _MISSING)
+        self._saved_forward = (self.module.__dict__["forward"],) if "forward" in self.module.__dict__ else ()
         self.module.forward = self.gm.forward
 
     def uninstall(self) -> None:
         if self.gm is None:
             return
-        current = self.module.__dict__.get("forward", _MISSING)
-        if current != self.gm.forward:
+        # Compare the bound object, not the function: a deepcopy rebinds the same code to the copy.
+        if getattr(self.module.__dict__.get("forward"), "__self__", None) is not self.gm:
             raise StateError(
                 f"the forward of {self.path or 'the backbone'} was replaced by something else after fxdelta "
                 f"patched it; undo that change first (detach in the reverse order of patching)"
             )
-        if self._saved_forward is _MISSING:
-            del self.module.forward
+        if self._saved_forward:
+            self.module.forward = self._saved_forward[0]
         else:
-            self.module.forward = self._saved_forward
+            del self.module.forward
         self.gm = None
 
     def describe(self) -> str:

@@ -137,6 +137,11 @@ class Planner:
         graph = trace_region(module, [self.modules[p] for p in inline])
         if graph is None:
             return None
+        if any(n.op == "get_attr" for n in graph.nodes):
+            # A direct tensor read would go stale after model.to() or load_state_dict(assign=True),
+            # which replace tensors; call_module leaves always see their module's current ones.
+            logger.debug("fxdelta: %s reads tensors directly; not used as a region", root)
+            return None
         rel = {t[len(root) + 1:] if root else t for t in targets}
         called = {n.target for n in graph.nodes if n.op == "call_module"}
         if not rel <= called:

@@ -103,5 +103,5 @@ class Visualization:
         if printTree:
             from rich.console import Console
 
-            Console(file=file, soft_wrap=True).print(tree)
+            Console(file=file).print(tree, crop=False, overflow="fold")
         return tree
