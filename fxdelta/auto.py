@@ -13,19 +13,7 @@ from fxdelta.config import DeltaConfig
 from fxdelta.errors import CheckpointError, ConfigError, FxDeltaError
 from fxdelta.handle import DeltaModel, model_class_for
 from fxdelta.methods import method_for
-from fxdelta.select import closest_names
 from fxdelta.state import BackboneState
-
-
-def config_from_kwargs(cls: type[DeltaConfig], kwargs: Mapping[str, Any]) -> DeltaConfig:
-    """``cls(**kwargs)``, with unknown field names reported as ``ConfigError`` with suggestions."""
-    fields = cls.field_names()
-    for key in kwargs:
-        if key not in fields:
-            raise ConfigError(
-                f"{cls.__name__} has no field {key!r} (closest: {closest_names(key, fields, n=3)}); fields: {fields}"
-            )
-    return cls(**kwargs)
 
 
 class AutoDeltaConfig:
@@ -39,7 +27,7 @@ class AutoDeltaConfig:
         if "delta_type" not in fields:
             raise ConfigError(f"a delta spec needs a 'delta_type' key (e.g. 'lora'); got keys {sorted(fields)}")
         method = method_for(fields.pop("delta_type"))
-        return config_from_kwargs(method.config, fields)
+        return method.config.from_kwargs(fields)
 
     @staticmethod
     def from_finetuned(finetuned_delta_path: str | os.PathLike) -> DeltaConfig:
@@ -60,12 +48,11 @@ class AutoDeltaModel:
 
     @staticmethod
     def from_finetuned(finetuned_delta_path: str | os.PathLike, backbone_model: nn.Module, **options: Any) -> DeltaModel:
-        handles = load_deltas(finetuned_delta_path, backbone_model, **options)
-        if len(handles) != 1:
-            for h in handles:
-                discard(h)
-            raise CheckpointError(f"{finetuned_delta_path} holds {len(handles)} deltas; use fxdelta.load() for several")
-        return handles[0]
+        count = len(checkpoint.read_meta(finetuned_delta_path)["deltas"])
+        if count != 1:
+            raise CheckpointError(f"{finetuned_delta_path} holds {count} deltas; use fxdelta.load() for several")
+        (handle,) = load_deltas(finetuned_delta_path, backbone_model, **options)
+        return handle
 
 
 def discard(handle: DeltaModel) -> None:

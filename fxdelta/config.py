@@ -8,6 +8,7 @@ trainable, and the delta's name on the backbone.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import enum
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -119,3 +120,13 @@ class DeltaConfig:
     @classmethod
     def field_names(cls) -> list[str]:
         return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_kwargs(cls, kwargs: dict[str, Any]) -> "DeltaConfig":
+        """``cls(**kwargs)``, with an unknown field name reported as ``ConfigError`` with suggestions."""
+        fields = cls.field_names()
+        for key in kwargs:
+            if key not in fields:
+                close = difflib.get_close_matches(key, fields, n=3, cutoff=0.0)
+                raise ConfigError(f"{cls.__name__} has no field {key!r} (closest: {close}); fields: {fields}")
+        return cls(**kwargs)

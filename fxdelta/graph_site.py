@@ -68,6 +68,8 @@ class GraphSite:
         self.entries = list(entries)
         self.gm: fx.GraphModule | None = None
         self._saved_forward: tuple[Any, ...] = ()  # (forward,) if the module had an instance forward
+        self._installed = False
+        self._built_over: Any = None
 
     def _relative(self, target: str) -> str:
         if target == self.path:
@@ -78,7 +80,10 @@ class GraphSite:
         """Copy the pristine graph, run one route pass per delta (in order), compile."""
         graph = copy.deepcopy(self.pristine)
         state: dict[fx.Node, list[fx.Node]] = {}  # target node -> [current h_in, current h_out]
-        for entry in self.entries:
+        # Input-route deltas first: a parallel delta reads the input the module actually receives,
+        # as in the hook fallback (whose pre-hook runs before the module and its forward hook).
+        ordered = [e for e in self.entries if e.route is Route.INPUT] + [e for e in self.entries if e.route is not Route.INPUT]
+        for entry in ordered:
             delta = self._delta_name(entry)
             for node in self._target_nodes(graph, entry):
                 cur = state.setdefault(node, self._initial(graph, node))
@@ -126,13 +131,25 @@ class GraphSite:
         h_in = node.args[0] if node.args else next(iter(node.kwargs.values()))
         return [h_in, node]
 
+    @property
+    def key(self) -> tuple:
+        """Equal keys mean the same generated code: such a site can stay installed across a re-plan."""
+        graph = None if self.opaque else id(self.pristine)
+        return (GraphSite, self.path, graph, tuple(id(e) for e in self.entries))
+
     def install(self) -> None:
-        self.gm = self.build()
+        if self._installed:
+            return
+        current = self.module.__dict__.get("forward")
+        if self.gm is None or (self.opaque and current is not self._built_over):
+            self._built_over = current  # the opaque node calls the forward found at build time
+            self.gm = self.build()
         self._saved_forward = (self.module.__dict__["forward"],) if "forward" in self.module.__dict__ else ()
         self.module.forward = self.gm.forward
+        self._installed = True
 
     def uninstall(self) -> None:
-        if self.gm is None:
+        if not self._installed:
             return
         # Compare the bound object, not the function: a deepcopy rebinds the same code to the copy.
         if getattr(self.module.__dict__.get("forward"), "__self__", None) is not self.gm:
@@ -144,7 +161,7 @@ class GraphSite:
             self.module.forward = self._saved_forward[0]
         else:
             del self.module.forward
-        self.gm = None
+        self._installed = False
 
     def describe(self) -> str:
         gm = self.gm or self.build()

@@ -22,7 +22,7 @@ from fxdelta.errors import ConfigError, FxDeltaError, SelectorError, Unsupported
 from fxdelta.examples import example_for
 from fxdelta.methods import Method, TargetInfo, method_for
 from fxdelta.select import select
-from fxdelta.state import BackboneState, DeltaContainer
+from fxdelta.state import BackboneState, DeltaContainer, backbone_module_names
 from fxdelta.structure import default_selectors
 
 logger = logging.getLogger(__name__)
@@ -32,26 +32,6 @@ _MODEL_CLASSES: dict[str, type["DeltaModel"]] = {}
 
 def model_class_for(delta_type: str) -> type["DeltaModel"]:
     return _MODEL_CLASSES.get(delta_type, DeltaModel)
-
-
-def backbone_module_names(backbone: nn.Module) -> list[str]:
-    """Module names a selector may address: the backbone's own, never fxdelta's delta modules."""
-    names = []
-    for name, module in backbone.named_modules():
-        if DELTA_NAMESPACE in name.split(".") and _inside_container(backbone, name):
-            continue
-        names.append(name)
-    return names
-
-
-def _inside_container(backbone: nn.Module, name: str) -> bool:
-    parts = name.split(".")
-    module = backbone
-    for part in parts:
-        module = module._modules[part]
-        if isinstance(module, DeltaContainer):
-            return True
-    return False
 
 
 class DeltaModel:
@@ -116,9 +96,7 @@ class DeltaModel:
             return config
         if cls is None:
             raise ConfigError("DeltaModel needs a config; use AutoDeltaModel.from_config or a method class such as LoraModel")
-        from fxdelta.auto import config_from_kwargs
-
-        return config_from_kwargs(cls, hyper)
+        return cls.from_kwargs(hyper)
 
     def _select_targets(self) -> list[str]:
         names = backbone_module_names(self.backbone)
@@ -177,7 +155,7 @@ class DeltaModel:
     def attach(self) -> "DeltaModel":
         """Put the delta back into the backbone's computation (idempotent)."""
         if not self.attached:
-            self._match_backbone_placement()
+            self._match_backbone()
             others = [e for e in self._state.active if e.name != self.name]
             self._state.apply(others + self.entries)
             self.attached = True
@@ -190,13 +168,19 @@ class DeltaModel:
             self.attached = False
         return self
 
-    def _match_backbone_placement(self) -> None:
-        """Follow ``backbone.to(device/dtype)`` calls made while the delta was detached."""
+    def _match_backbone(self) -> None:
+        """Follow what happened to the backbone while the delta was out (or before it existed):
+        ``.to(device/dtype)`` calls and the train/eval mode."""
         modules = dict(self.backbone.named_modules())
         for e in self.entries:
-            ref = next((p for p in modules[e.target].parameters() if p.is_floating_point()), None)
+            target = modules[e.target]
+            ref = next(
+                (p for n, p in target.named_parameters() if p.is_floating_point() and not n.startswith(f"{DELTA_NAMESPACE}.")),
+                None,
+            )
             if ref is not None:
                 e.delta.to(device=ref.device, dtype=ref.dtype)
+            e.delta.train(target.training)
 
     # -- parameters -------------------------------------------------------------------------------
     def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:

@@ -83,7 +83,13 @@ class HookSite:
                 h = h + entry.delta(h_in)
         return _repack(out, kind, h)
 
+    @property
+    def key(self) -> tuple:
+        return (HookSite, self.path, tuple(id(e) for e in self.entries))
+
     def install(self) -> None:
+        if self._handles:
+            return
         routes = {e.route for e in self.entries}
         # Pre-hook last among pre-hooks, forward hook first among hooks: like the graph path, user
         # hooks see the module's unpatched input and its patched output.

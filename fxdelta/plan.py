@@ -26,7 +26,7 @@ from fxdelta.entries import Entry
 from fxdelta.graph_site import GraphSite
 from fxdelta.hooks import HookSite
 from fxdelta.observe import CallRecord
-from fxdelta.trace import graph_module, propagate_shapes, trace_region, validate_region
+from fxdelta.trace import graph_module, trace_region, validate_region
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +67,7 @@ class TraceCache:
     """Traced-and-validated region graphs, keyed by root and the modules kept as leaves."""
 
     graphs: dict[tuple, fx.Graph | None] = field(default_factory=dict)
+    validated: dict[tuple, bool] = field(default_factory=dict)  # (class, generated code, call record)
 
 
 @dataclass
@@ -84,7 +85,9 @@ class Planner:
         records: Mapping[str, CallRecord],
         hooks_needed: set[str],
         cache: TraceCache,
+        ours: set[int] = frozenset(),
     ) -> None:
+        self.ours = ours  # ids of modules whose instance forward is an installed fxdelta graph
         self.backbone = backbone
         self.modules = dict(backbone.named_modules(remove_duplicate=False))
         self.records = records
@@ -105,7 +108,7 @@ class Planner:
             and record.outputs is not None
             and record.all_tensor_inputs
             and all(s.floating for s in record.args if s is not None)
-            and "forward" not in m.__dict__
+            and ("forward" not in m.__dict__ or id(m) in self.ours)
             and not isinstance(m, (nn.ModuleList, nn.ModuleDict))
             and _takes_exactly(m, record)
         )
@@ -148,10 +151,11 @@ class Planner:
             logger.debug("fxdelta: %s traces but does not call %s as modules", root, sorted(rel - called))
             return None
         gm = graph_module(module, graph, type(module).__name__)
-        if not validate_region(module, gm, self.records[root]):
-            return None
-        propagate_shapes(gm, self.records[root])
-        return graph
+        # Identical code of the same class was already checked (one layer of many, typically).
+        key = (type(module), gm.code, self.records[root])
+        if key not in self.cache.validated:
+            self.cache.validated[key] = validate_region(module, gm, self.records[root])
+        return graph if self.cache.validated[key] else None
 
     # -- the plan ---------------------------------------------------------------------------------
     def plan(self, entries: Sequence[Entry]) -> list[GraphSite | HookSite]:

@@ -35,6 +35,13 @@ class DeltaContainer(nn.ModuleDict):
     """The ``deltas`` child fxdelta adds to a patched module: one entry per attached delta."""
 
 
+def backbone_module_names(backbone: nn.Module) -> list[str]:
+    """Module names a selector may address: the backbone's own, never those inside fxdelta's deltas."""
+    named = list(backbone.named_modules())
+    inside = tuple(f"{path}." for path, m in named if isinstance(m, DeltaContainer))
+    return [p for p, m in named if not isinstance(m, DeltaContainer) and not p.startswith(inside)]
+
+
 class BackboneState:
     """Shared by every delta model on one backbone (stored as a plain attribute on it)."""
 
@@ -111,45 +118,59 @@ class BackboneState:
 
     # -- applying a set of deltas -----------------------------------------------------------------
     def apply(self, entries: Iterable[Entry]) -> None:
-        """Make exactly ``entries`` attached; on failure restore the previous ones and re-raise."""
-        new = sorted(entries, key=lambda e: e.order)
-        old = self._active
-        self._teardown()
-        try:
-            self._setup(new)
-        except BaseException:
-            self._teardown()
-            self._setup(old)
-            raise
+        """Make exactly ``entries`` attached, touching only the sites that change.
 
-    def _setup(self, entries: list[Entry]) -> None:
+        Sites whose module, deltas and graph stay the same stay installed (their hooks keep their
+        place); the others are swapped. On failure everything is put back and the error re-raised.
+        """
+        new_entries = sorted(entries, key=lambda e: e.order)
+        old_entries = self._active
+        ours = {id(s.module) for s in self.sites if isinstance(s, GraphSite)}
+        planned = Planner(self.backbone, self.records, self.hooks_needed, self.cache, ours).plan(new_entries)
+        current = {s.key: s for s in self.sites}
+        wanted = {s.key for s in planned}
+        dropped = [s for s in self.sites if s.key not in wanted]
+        added = [s for s in planned if s.key not in current]
+        removed: list[GraphSite | HookSite] = []
+        installed: list[GraphSite | HookSite] = []
+        try:
+            for site in reversed(dropped):
+                site.uninstall()
+                removed.append(site)
+            self._register(old_entries, new_entries)
+            for site in added:
+                site.install()
+                installed.append(site)
+        except BaseException:
+            for site in reversed(installed):
+                site.uninstall()
+            self._register(new_entries, old_entries)
+            for site in reversed(removed):
+                site.install()
+            raise
+        self.sites = [current.get(s.key, s) for s in planned]
+        self._active = new_entries
+
+    def _register(self, old: list[Entry], new: list[Entry]) -> None:
+        """Make the ``deltas`` containers hold exactly ``new`` (in creation order), in place."""
         modules = dict(self.backbone.named_modules())
-        for e in entries:
-            target = modules[e.target]
-            container = target._modules.get(DELTA_NAMESPACE)
+        by_target: dict[str, list[Entry]] = {}
+        for e in new:
+            by_target.setdefault(e.target, []).append(e)
+        for target in {e.target for e in old} | set(by_target):
+            module = modules[target]
+            container = module._modules.get(DELTA_NAMESPACE)
+            wanted = {e.name: e.delta for e in by_target.get(target, [])}
+            if not wanted:
+                if isinstance(container, DeltaContainer):
+                    del module._modules[DELTA_NAMESPACE]
+                continue
             if container is None:
                 container = DeltaContainer()
-                target.add_module(DELTA_NAMESPACE, container)
-            container[e.name] = e.delta
-        self._active = entries
-        planner = Planner(self.backbone, self.records, self.hooks_needed, self.cache)
-        for site in planner.plan(entries):
-            site.install()
-            self.sites.append(site)
-
-    def _teardown(self) -> None:
-        while self.sites:
-            self.sites[-1].uninstall()
-            self.sites.pop()
-        modules = dict(self.backbone.named_modules())
-        for e in self._active:
-            target = modules.get(e.target)
-            container = None if target is None else target._modules.get(DELTA_NAMESPACE)
-            if isinstance(container, DeltaContainer):
-                container._modules.pop(e.name, None)
-                if not len(container):
-                    del target._modules[DELTA_NAMESPACE]
-        self._active = []
+                module.add_module(DELTA_NAMESPACE, container)
+            # In place: installed graphs hold this very container.
+            container._modules.clear()
+            container._modules.update(wanted)
 
     def site_for(self, path: str) -> GraphSite | HookSite | None:
         """The installed site whose graph or hooks carry the delta on ``path``."""

@@ -85,7 +85,8 @@ def validate_region(root: nn.Module, gm: fx.GraphModule, record: CallRecord) -> 
             inputs = [s.real() for s in specs]
             for training in (True, False):
                 root.train(training)
-                expected = run(root.forward)
+                # The class's forward: the instance one may be fxdelta's graph from an earlier plan.
+                expected = run(type(root).forward.__get__(root))
                 got = run(gm.forward)
                 if not _same(expected, got):
                     logger.debug("fxdelta: trace of %s differs from eager (training=%s)", type(root).__name__, training)
