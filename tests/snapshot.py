@@ -1,0 +1,59 @@
+"""Snapshot a model completely, to assert that a failed call left it exactly as it was."""
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from fxdelta.state import BackboneState
+
+
+@dataclass
+class Snapshot:
+    tensors: dict[str, torch.Tensor]
+    requires_grad: dict[str, bool]
+    hooks: dict[str, tuple[list, list]]  # hook ids
+    hook_fns: dict[str, tuple[list, list]]  # the hook callables, in call order
+    forwards: set[str]
+    classes: dict[str, type]
+    names: list[str]
+    state: Any
+    output: torch.Tensor
+
+
+def snapshot(model: nn.Module, inputs: Any) -> Snapshot:
+    modules = list(model.named_modules(remove_duplicate=False))
+    with torch.no_grad():
+        output = run(model, inputs)
+    return Snapshot(
+        tensors={k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()},
+        requires_grad={n: p.requires_grad for n, p in model.named_parameters()},
+        hooks={n: (list(m._forward_hooks), list(m._forward_pre_hooks)) for n, m in modules},
+        hook_fns={n: (list(m._forward_hooks.values()), list(m._forward_pre_hooks.values())) for n, m in modules},
+        forwards={n for n, m in modules if "forward" in m.__dict__},
+        classes={n: type(m) for n, m in modules},
+        names=[n for n, _ in modules],
+        state=BackboneState.find(model),
+        output=output,
+    )
+
+
+def assert_unchanged(model: nn.Module, before: Snapshot, inputs: Any, *, same_hook_ids: bool = True) -> None:
+    after = snapshot(model, inputs)
+    assert after.names == before.names
+    assert after.classes == before.classes
+    assert after.forwards == before.forwards
+    assert after.hook_fns == before.hook_fns
+    if same_hook_ids:
+        assert after.hooks == before.hooks
+    assert after.state is before.state
+    assert after.tensors.keys() == before.tensors.keys()
+    assert all(torch.equal(after.tensors[k], v) for k, v in before.tensors.items())
+    assert after.requires_grad == before.requires_grad
+    assert torch.equal(after.output, before.output)
+
+
+def run(model: nn.Module, inputs: Any) -> torch.Tensor:
+    out = model(*inputs) if isinstance(inputs, tuple) else model(**inputs)
+    return out if isinstance(out, torch.Tensor) else out.logits
