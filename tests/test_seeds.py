@@ -1,4 +1,4 @@
-"""The code of the two OpenDelta pages in ../shared/seeds/, run on fxdelta.
+"""The code of the OpenDelta pages and paper in ../shared/seeds/, run on fxdelta.
 
 Only two changes from the pages: ``from fxdelta import ...`` and models built from config classes.
 """
@@ -56,6 +56,11 @@ def test_basic_usage_page(capsys):
     bert_delta.log()
     assert any(t.endswith("attention.output.dense") for t in bert_delta.targets)
     assert any(t.endswith("layer.1.output.dense") for t in bert_delta.targets)
+
+    # "Try different positions": a second adapter after each final_layer_norm (this one is not used later)
+    moved = AdapterModel(backbone_model=model, modified_modules=["final_layer_norm"], bottleneck_dim=12)
+    assert torch.equal(model(input_ids=ids).logits, before)
+    moved.detach()
 
     # STEP 3: freeze everything but the deltas and the embedding layer norms
     delta_model.freeze_module(exclude=["deltas", "layernorm_embedding"], set_state_dict=True)
@@ -135,3 +140,58 @@ def test_delta_model_is_not_called():
     delta_model = LoraModel(model)
     with pytest.raises(Exception, match="call the backbone"):
         delta_model(torch.zeros(1, 3, dtype=torch.long))
+
+
+# -- the paper (arXiv 2307.03084), figures 2, 4 and 5 -------------------------------------------------
+def test_paper_figure_2_migration():
+    torch.manual_seed(0)  # AutoModel of bert-base-cased: a BertModel, which has a pooler
+    model = transformers.BertModel(transformers.BertConfig(
+        vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48))
+    Visualization(model).structure_graph(file=io.StringIO())
+    delta_model = LoraModel(backbone_model=model, modified_modules=["output.dense", "query"])
+    delta_model.freeze_module(exclude=["deltas", "pooler"], set_state_dict=True)
+    Visualization(model).structure_graph(file=io.StringIO())
+    # "output.dense" is a tail: both the attention output and the FFN output of each layer
+    assert sum(t.endswith("output.dense") for t in delta_model.targets) == 4
+    assert all(".deltas." in k or k.startswith("pooler.") for k in model.state_dict())
+    assert any(k.startswith("pooler.") for k in model.state_dict())
+
+
+def test_paper_figure_4_multitask_serving():
+    """One backbone, three task deltas: attach, generate, detach, per request."""
+    torch.manual_seed(0)
+    config = transformers.T5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_heads=4,
+                                   decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+    model = transformers.T5ForConditionalGeneration(config).eval()
+    deltas = {}
+    for task in ("spelling", "topic", "question"):
+        delta = LoraModel(model, name=task)
+        with torch.no_grad():
+            for p in delta.parameters():
+                p.normal_(std=2.0)
+        delta.detach()
+        deltas[task] = delta
+    ids = torch.randint(3, 64, (1, 6), generator=torch.Generator().manual_seed(5))
+
+    def multi_task(delta_model):
+        delta_model.attach()
+        out = model.generate(input_ids=ids, max_new_tokens=5, do_sample=False)
+        delta_model.detach()
+        return out
+
+    served = {task: multi_task(d) for task, d in deltas.items()}
+    for task, delta in deltas.items():  # each answer is what the model gives with that delta alone
+        delta.attach()
+        assert torch.equal(model.generate(input_ids=ids, max_new_tokens=5, do_sample=False), served[task])
+        delta.detach()
+    assert len({tuple(t.flatten().tolist()) for t in served.values()}) > 1
+
+
+def test_paper_figure_5_autodelta(tmp_path):
+    backbone_model = tiny_bert_mlm()
+    delta_config = AutoDeltaConfig.from_dict({"delta_type": "lora"})
+    delta_model = AutoDeltaModel.from_config(delta_config, backbone_model)
+    delta_model.save_finetuned(tmp_path / "save_dir")
+    delta = AutoDeltaModel.from_finetuned(tmp_path / "save_dir", tiny_bert_mlm())
+    assert delta.config.replace(name=None) == delta_model.config and delta.targets == delta_model.targets
+    assert delta.name == delta_model.name == "lora"
