@@ -84,6 +84,10 @@ class HookSite:
         return _repack(out, kind, h)
 
     @property
+    def hook_ids(self) -> list[int]:
+        return [h.id for h in self._handles]
+
+    @property
     def key(self) -> tuple:
         return (HookSite, self.path, tuple(id(e) for e in self.entries))
 

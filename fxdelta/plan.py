@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 import torch.fx as fx
@@ -39,10 +40,10 @@ def parent_paths(path: str) -> list[str]:
     return [".".join(parts[:i]) for i in range(len(parts) - 1, -1, -1)]
 
 
-def _has_hooks(m: nn.Module) -> bool:
-    return bool(
-        m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or getattr(m, "_backward_pre_hooks", None)
-    )
+def _foreign_hooks(m: nn.Module, ours: set[int]) -> bool:
+    """Whether ``m`` has hooks that are not fxdelta's own hook sites."""
+    ids = [*m._forward_hooks, *m._forward_pre_hooks, *m._backward_hooks, *getattr(m, "_backward_pre_hooks", {})]
+    return any(i not in ours for i in ids)
 
 
 def _global_hooks() -> bool:
@@ -79,25 +80,40 @@ class _Region:
 
 
 class Planner:
+    """Plans sites for a set of entries, given what is installed now.
+
+    ``installed`` sites are fxdelta's own: their forwards and hooks do not count as the user's
+    (so a plan never depends on which deltas were attached before), and ``suspend`` takes them
+    out while a new region is traced and checked against eager: both must see the bare backbone.
+    """
+
     def __init__(
         self,
         backbone: nn.Module,
         records: Mapping[str, CallRecord],
         hooks_needed: set[str],
         cache: TraceCache,
-        ours: set[int] = frozenset(),
+        installed: Sequence[GraphSite | HookSite] = (),
+        suspend: Callable[[], AbstractContextManager] = nullcontext,
     ) -> None:
-        self.ours = ours  # ids of modules whose instance forward is an installed fxdelta graph
         self.backbone = backbone
         self.modules = dict(backbone.named_modules(remove_duplicate=False))
         self.records = records
         self.hooks_needed = hooks_needed
         self.cache = cache
+        self.suspend = suspend
+        self.our_forwards = {id(s.module) for s in installed if isinstance(s, GraphSite)}
+        self.our_hooks = {i for s in installed if isinstance(s, HookSite) for i in s.hook_ids}
 
     # -- which modules may be inlined / be a root ---------------------------------------------
+    def _foreign_forward(self, m: nn.Module) -> bool:
+        return "forward" in m.__dict__ and id(m) not in self.our_forwards
+
     def _inlinable(self, path: str, targets: set[str], roots: set[str]) -> bool:
         m = self.modules[path]
-        return not (path in targets or path in roots or _has_hooks(m) or "forward" in m.__dict__)
+        return not (
+            path in targets or path in roots or _foreign_hooks(m, self.our_hooks) or self._foreign_forward(m)
+        )
 
     def _can_root(self, path: str) -> bool:
         m = self.modules[path]
@@ -108,7 +124,7 @@ class Planner:
             and record.outputs is not None
             and record.all_tensor_inputs
             and all(s.floating for s in record.args if s is not None)
-            and ("forward" not in m.__dict__ or id(m) in self.ours)
+            and not self._foreign_forward(m)
             and not isinstance(m, (nn.ModuleList, nn.ModuleDict))
             and _takes_exactly(m, record)
         )
@@ -136,6 +152,12 @@ class Planner:
         return self.cache.graphs[key]
 
     def _trace_uncached(self, root: str, targets: Sequence[str], inline: set[str]) -> fx.Graph | None:
+        # Trace and check the backbone as it is without fxdelta: tracing through an inlined module
+        # calls its current forward, which may be one of our graphs.
+        with self.suspend():
+            return self._trace_pristine(root, targets, inline)
+
+    def _trace_pristine(self, root: str, targets: Sequence[str], inline: set[str]) -> fx.Graph | None:
         module = self.modules[root]
         graph = trace_region(module, [self.modules[p] for p in inline])
         if graph is None:

@@ -125,8 +125,8 @@ class BackboneState:
         """
         new_entries = sorted(entries, key=lambda e: e.order)
         old_entries = self._active
-        ours = {id(s.module) for s in self.sites if isinstance(s, GraphSite)}
-        planned = Planner(self.backbone, self.records, self.hooks_needed, self.cache, ours).plan(new_entries)
+        planner = Planner(self.backbone, self.records, self.hooks_needed, self.cache, self.sites, self._suspended)
+        planned = planner.plan(new_entries)
         current = {s.key: s for s in self.sites}
         wanted = {s.key for s in planned}
         dropped = [s for s in self.sites if s.key not in wanted]

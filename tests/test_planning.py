@@ -1,0 +1,74 @@
+"""Planning: regions, nesting, and plans that depend only on what is attached, never on history."""
+
+import torch
+from torch import nn
+
+import fxdelta
+from fxdelta.state import BackboneState
+
+
+class Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(8, 16)
+        self.fc2 = nn.Linear(16, 8)
+
+    def forward(self, x):
+        return x + self.fc2(torch.relu(self.fc1(x)))
+
+
+class Nested(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = Block()
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(self.block(x))
+
+
+def sites(model):
+    return sorted((s.kind, s.path, tuple(sorted({e.target for e in s.entries}))) for s in BackboneState.find(model).sites)
+
+
+def build():
+    torch.manual_seed(0)
+    return Nested().eval()
+
+
+def test_whole_model_region_traces_through_custom_blocks():
+    model = build()
+    fxdelta.LoraModel(model, modified_modules=["fc1", "head"])
+    # one graph for the whole model, with block inlined so block.fc1 is a node of it
+    assert sites(model) == [("traced region", "", ("block.fc1", "head"))]
+
+
+def test_a_target_is_never_traced_through():
+    model = build()
+    fxdelta.AdapterModel(model, modified_modules=["block"])
+    fxdelta.LoraModel(model, modified_modules=["fc1"])
+    # block is a target: a node of the root's graph (adapter after it), and the root of its own region
+    assert sites(model) == [
+        ("traced region", "", ("block",)),
+        ("traced region", "block", ("block.fc1",)),
+    ]
+
+
+def test_plan_does_not_depend_on_history():
+    x = torch.randn(4, 8)
+    fresh = build()
+    lora_alone = fxdelta.LoraModel(fresh, modified_modules=["fc1"])
+    with torch.no_grad():
+        for p in lora_alone.parameters():
+            p.normal_()
+
+    model = build()
+    adapter = fxdelta.AdapterModel(model, modified_modules=["block"])
+    lora = fxdelta.LoraModel(model, modified_modules=["fc1"])
+    lora.entries[0].delta.load_state_dict(lora_alone.entries[0].delta.state_dict())
+    adapter.detach()
+    assert sites(model) == sites(fresh) == [("traced region", "", ("block.fc1",))]
+    assert torch.equal(model(x), fresh(x))
+    adapter.attach()
+    adapter.detach()
+    assert sites(model) == sites(fresh)
