@@ -17,8 +17,10 @@ $(STAMP): pyproject.toml Makefile $(wildcard fxdelta/*.py fxdelta/*/*.py passes/
 	$(PY) -m pip install --quiet -e ".[test]" --config-settings editable_mode=strict
 	touch $(STAMP)
 
+# The installed script, not `python -m`: from the repo root, `python -m` would import the source
+# folder fxdelta/, which lacks fxdelta.passes (installed from passes/).
 demo: $(STAMP)
-	$(PY) -m fxdelta.demo
+	$(VENV)/bin/fxdelta-demo
 
 test: $(STAMP)
 	$(VENV)/bin/pytest -n 2 -q

@@ -4,7 +4,7 @@ Runs offline in seconds: the "pre-trained" backbone is a small BERT built from i
 fixed random weights, and the task is a toy one (is the first token in the upper half of the
 vocabulary?), so everything shown is computed here and now.
 
-    python -m fxdelta.demo [--steps 150] [--method lora|adapter|bitfit] [--out demo-output]
+    fxdelta-demo [--steps 150] [--method lora|adapter|bitfit] [--out demo-output]
 """
 
 from __future__ import annotations
