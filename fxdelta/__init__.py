@@ -6,7 +6,8 @@
     fxdelta.load(fresh_model, "my-delta")
 
 OpenDelta-style classes work too: ``LoraModel(backbone_model=model)``, ``AdapterModel``,
-``BitFitModel``, ``AutoDeltaConfig``, ``AutoDeltaModel``, ``Visualization``.
+``BitFitModel``, ``LowRankAdapterModel``, ``CompacterModel``, ``ParallelAdapterModel``, ``IA3Model``,
+``DoraModel``, ``AutoDeltaConfig``, ``AutoDeltaModel``, ``Visualization``.
 """
 
 from fxdelta.api import compile, delta_models, load, save, show_graph
@@ -24,8 +25,22 @@ from fxdelta.handle import DeltaModel
 from fxdelta.methods.activations import NonLinearity
 from fxdelta.methods.adapter import AdapterConfig
 from fxdelta.methods.bitfit import BitFitConfig
+from fxdelta.methods.compacter import CompacterConfig
+from fxdelta.methods.dora import DoraConfig
+from fxdelta.methods.ia3 import IA3Config
 from fxdelta.methods.lora import LoraConfig
-from fxdelta.models import AdapterModel, BitFitModel, LoraModel
+from fxdelta.methods.low_rank_adapter import LowRankAdapterConfig
+from fxdelta.methods.parallel_adapter import ParallelAdapterConfig
+from fxdelta.models import (
+    AdapterModel,
+    BitFitModel,
+    CompacterModel,
+    DoraModel,
+    IA3Model,
+    LoraModel,
+    LowRankAdapterModel,
+    ParallelAdapterModel,
+)
 from fxdelta.routes import Route
 from fxdelta.visualization import Visualization
 
@@ -33,7 +48,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AdapterConfig", "AdapterModel", "AutoDeltaConfig", "AutoDeltaModel", "BitFitConfig", "BitFitModel",
-    "CheckpointError", "ConfigError", "DeltaConfig", "DeltaModel", "FxDeltaError", "LoraConfig", "LoraModel",
-    "NonLinearity", "Route", "SelectorError", "StateError", "UnsupportedModelError", "Visualization",
+    "CheckpointError", "CompacterConfig", "CompacterModel", "ConfigError", "DeltaConfig", "DeltaModel",
+    "DoraConfig", "DoraModel", "FxDeltaError", "IA3Config", "IA3Model", "LoraConfig", "LoraModel",
+    "LowRankAdapterConfig", "LowRankAdapterModel", "NonLinearity", "ParallelAdapterConfig",
+    "ParallelAdapterModel", "Route", "SelectorError", "StateError", "UnsupportedModelError", "Visualization",
     "compile", "delta_models", "load", "save", "show_graph",
 ]

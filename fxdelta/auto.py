@@ -113,7 +113,7 @@ def _build_detached(entry: Mapping[str, Any], backbone: nn.Module, options: dict
     taken = {h.name for h in state.handles} if state else set()
     config = config.replace(name=None if saved_name in taken else saved_name)
     handle = model_class_for(config.delta_type)(backbone, config, attach=False, **options)
-    if handle.targets != targets:
+    if handle.targets != targets or handle.sources != list(entry.get("sources", [None] * len(targets))):
         discard(handle)
         raise CheckpointError(
             f"{directory}: its selectors pick {len(handle.targets)} modules on this backbone, not the "
@@ -128,12 +128,12 @@ def _fill(handle: DeltaModel, entry: Mapping[str, Any], tensors: Mapping[str, An
     used = set()
     for e in handle.entries:
         prefix = f"{e.target}." if e.target else ""
-        for pname, p in e.delta.named_parameters():
+        for pname, p in e.delta.state_dict().items():
             key = f"{prefix}deltas.{entry['name']}.{pname}"
             if key not in tensors:
                 raise CheckpointError(f"{directory}: tensor {key!r} is missing from {checkpoint.TENSORS_FILE}")
             if tensors[key].shape != p.shape:
                 raise CheckpointError(f"{directory}: tensor {key!r} has shape {tuple(tensors[key].shape)}, the delta expects {tuple(p.shape)}")
-            p.data.copy_(tensors[key])
+            p.copy_(tensors[key])
             used.add(key)
     return used

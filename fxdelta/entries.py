@@ -18,7 +18,8 @@ class Entry:
     ``order`` is the handle's creation serial: several deltas on one module compose in that
     order whatever the order of attach() calls, so results never depend on attach history.
     ``hooks_only`` forces the hook fallback for this entry (used for parity checks and by users
-    who want it).
+    who want it). ``source``, for a route that spans two modules (a parallel adapter), is the
+    module whose input the delta reads; its output is added at ``target``.
     """
 
     target: str
@@ -27,6 +28,12 @@ class Entry:
     name: str
     order: int
     hooks_only: bool = False
+    source: str | None = None
+
+    @property
+    def reads(self) -> str:
+        """The module whose input is the delta's ``h_in``."""
+        return self.source if self.source is not None else self.target
 
     @property
     def qualified_name(self) -> str:

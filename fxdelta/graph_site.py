@@ -23,7 +23,7 @@ from torch import nn
 
 from fxdelta.entries import DELTA_NAMESPACE, Entry
 from fxdelta.errors import StateError
-from fxdelta.passes import insert_input, insert_output, insert_parallel
+from fxdelta.passes import insert_in_out, insert_input, insert_output, insert_parallel
 from fxdelta.routes import Route
 
 ORIGINAL = "original"  # the opaque node's name in an opaque site's graph
@@ -83,17 +83,23 @@ class GraphSite:
         # Input-route deltas first: a parallel delta reads the input the module actually receives,
         # as in the hook fallback (whose pre-hook runs before the module and its forward hook).
         ordered = [e for e in self.entries if e.route is Route.INPUT] + [e for e in self.entries if e.route is not Route.INPUT]
+
+        def current(node: fx.Node) -> list[fx.Node]:
+            return state.setdefault(node, self._initial(graph, node))
+
         for entry in ordered:
             delta = self._delta_name(entry)
-            for node in self._target_nodes(graph, entry):
-                cur = state.setdefault(node, self._initial(graph, node))
-                consumer = node if node.op == "call_module" else None
+            for node in self._nodes(graph, entry.target):
+                cur = current(node)
                 if entry.route is Route.INPUT:
-                    cur[0] = insert_input(graph, cur[0], delta, consumer)
+                    cur[0] = insert_input(graph, cur[0], delta, node if node.op == "call_module" else None)
                 elif entry.route is Route.OUTPUT:
                     cur[1] = insert_output(graph, cur[1], delta)
                 else:
-                    cur[1] = insert_parallel(graph, cur[0], cur[1], delta)
+                    # A pair reads another module's input (the planner put both in this graph, source first).
+                    h_in = cur[0] if entry.source is None else current(self._nodes(graph, entry.source)[0])[0]
+                    insert = insert_in_out if entry.route is Route.IN_OUT else insert_parallel
+                    cur[1] = insert(graph, h_in, cur[1], delta)
         graph.lint()
         root = self._root()
         return fx.GraphModule(root, graph, class_name=type(self.module).__name__ + "Patched")
@@ -114,13 +120,13 @@ class GraphSite:
         rel = self._relative(entry.target)
         return f"{rel}.{DELTA_NAMESPACE}.{entry.name}" if rel else f"{DELTA_NAMESPACE}.{entry.name}"
 
-    def _target_nodes(self, graph: fx.Graph, entry: Entry) -> list[fx.Node]:
-        """Every call of the target in the graph (a shared module gets its delta at each call)."""
-        rel = ORIGINAL if self.opaque else self._relative(entry.target)
+    def _nodes(self, graph: fx.Graph, path: str) -> list[fx.Node]:
+        """Every call of the module at ``path`` in the graph (a shared module gets its delta at each call)."""
+        rel = ORIGINAL if self.opaque else self._relative(path)
         if not rel:
             return [next(n for n in graph.nodes if n.op == "output")]
         nodes = [n for n in graph.nodes if n.op == "call_module" and n.target == rel]
-        assert nodes, f"target {entry.target} is not a node of {self.path}'s graph"
+        assert nodes, f"{path} is not a node of {self.path}'s graph"
         return nodes
 
     @staticmethod

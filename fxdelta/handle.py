@@ -21,9 +21,8 @@ from fxdelta.entries import DELTA_NAMESPACE, Entry
 from fxdelta.errors import ConfigError, FxDeltaError, SelectorError, UnsupportedModelError
 from fxdelta.examples import example_for
 from fxdelta.methods import Method, TargetInfo, method_for
-from fxdelta.select import select
-from fxdelta.state import BackboneState, DeltaContainer, backbone_module_names
-from fxdelta.structure import default_selectors
+from fxdelta.state import BackboneState, backbone_module_names
+from fxdelta.targets import Pair, select_targets
 
 logger = logging.getLogger(__name__)
 
@@ -69,8 +68,10 @@ class DeltaModel:
         self._state = BackboneState.ensure(backbone_model)
         try:
             self.name = self._state.unique_name(self.config.name or self.config.delta_type)
-            self.targets = self._select_targets()
-            self.entries = self._build_entries(self.targets, example_inputs, hooks_only)
+            pairs = select_targets(self.backbone, self.method, self.config)
+            self.targets = [t for _, t in pairs]
+            self.sources = [s for s, _ in pairs]  # None where the delta reads its own target's input
+            self.entries = self._build_entries(pairs, example_inputs, hooks_only)
             self._state.handles.append(self)
             self._unfrozen: list[str] = []  # backbone parameters freeze_module() left trainable
             self._state_dict_hook: Any = None
@@ -98,44 +99,28 @@ class DeltaModel:
             raise ConfigError("DeltaModel needs a config; use AutoDeltaModel.from_config or a method class such as LoraModel")
         return cls.from_kwargs(hyper)
 
-    def _select_targets(self) -> list[str]:
-        names = backbone_module_names(self.backbone)
-        selectors = self.config.modified_modules
-        if selectors is None:
-            selectors = default_selectors(self.backbone, self.method.default_positions, self.config.delta_type)
-        targets = select(names, selectors, self.config.exclude_modules)
-        modules = dict(self.backbone.named_modules())
-        for t in targets:
-            reason = self.method.can_patch(modules[t])
-            if reason:
-                raise SelectorError(f"{self.config.delta_type} cannot patch {t or '<root>'}: {reason}; fix modified_modules")
-            container = getattr(modules[t], DELTA_NAMESPACE, None)
-            if container is not None and not isinstance(container, DeltaContainer):
-                raise SelectorError(
-                    f"{t} already has an attribute named {DELTA_NAMESPACE!r}, where fxdelta keeps deltas; "
-                    f"it cannot be patched"
-                )
-        return targets
-
-    def _build_entries(self, targets: Sequence[str], example_inputs: Any, hooks_only: bool) -> list[Entry]:
-        self._state.observe(targets, example_for(self.backbone, example_inputs))
+    def _build_entries(self, pairs: Sequence[Pair], example_inputs: Any, hooks_only: bool) -> list[Entry]:
+        paths = {p for pair in pairs for p in pair if p is not None}
+        self._state.observe(sorted(paths), example_for(self.backbone, example_inputs))
         modules = dict(self.backbone.named_modules())
         order = self._state.next_serial()
         entries = []
-        for t in targets:
-            record = self._state.records.get(t)
-            if record is None:
-                raise UnsupportedModelError(self._not_observed_message(t))
-            if record.h_out is None or not record.h_out.floating:
-                raise SelectorError(f"{t} does not output a floating-point hidden state, so {self.config.delta_type} cannot patch it")
-            if self.method.needs_h_in and (record.h_in is None or not record.h_in.floating):
+        for source, target in pairs:
+            for path in {source or target, target}:
+                if path not in self._state.records:
+                    raise UnsupportedModelError(self._not_observed_message(path))
+            h_in = self._state.records[source or target].h_in
+            h_out = self._state.records[target].h_out
+            if h_out is None or not h_out.floating:
+                raise SelectorError(f"{target} does not output a floating-point hidden state, so {self.config.delta_type} cannot patch it")
+            if self.method.needs_h_in and (h_in is None or not h_in.floating):
                 raise SelectorError(
-                    f"{t} takes no floating-point hidden state as first argument or 'hidden_states', "
+                    f"{source or target} takes no floating-point hidden state as first argument or 'hidden_states', "
                     f"which {self.config.delta_type} needs"
                 )
-            info = TargetInfo(path=t, module=modules[t], h_in=record.h_in, h_out=record.h_out)
+            info = TargetInfo(path=target, module=modules[target], h_in=h_in, h_out=h_out)
             delta = self.method.build(self.config, info)
-            entries.append(Entry(t, self.method.route, delta, self.name, order, hooks_only=hooks_only))
+            entries.append(Entry(target, self.method.route, delta, self.name, order, hooks_only=hooks_only, source=source))
         return entries
 
     def _not_observed_message(self, target: str) -> str:
@@ -188,6 +173,10 @@ class DeltaModel:
         for e in self.entries:
             for name, p in e.delta.named_parameters():
                 yield f"{e.qualified_name}.{name}", p
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Every tensor of this delta (parameters and buffers, e.g. a frozen PHM rule), by backbone name."""
+        return {f"{e.qualified_name}.{k}": v for e in self.entries for k, v in e.delta.state_dict().items()}
 
     def parameters(self) -> Iterator[nn.Parameter]:
         return (p for _, p in self.named_parameters())
@@ -243,11 +232,17 @@ class DeltaModel:
 
     def checkpoint_entry(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         """This delta's checkpoint record and tensors (deltas plus backbone tensors it unfroze)."""
-        tensors = {name: p.detach() for name, p in self.named_parameters()}
+        tensors = {name: t.detach() for name, t in self.state_dict().items()}
         backbone_params = dict(self.backbone.named_parameters())
         unfrozen = [n for n in self._unfrozen if n in backbone_params and backbone_params[n].requires_grad]
         tensors.update((n, backbone_params[n].detach()) for n in unfrozen)
-        entry = {"name": self.name, "config": self.config.to_dict(), "targets": list(self.targets), "unfrozen": unfrozen}
+        entry = {
+            "name": self.name,
+            "config": self.config.to_dict(),
+            "targets": list(self.targets),
+            "sources": list(self.sources),
+            "unfrozen": unfrozen,
+        }
         return entry, tensors
 
     def save_finetuned(self, save_directory: str | os.PathLike) -> None:

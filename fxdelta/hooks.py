@@ -9,7 +9,7 @@ through untouched. The numbers equal the graph path's (tests/test_parity.py keep
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -17,6 +17,7 @@ from torch import nn
 
 from fxdelta.entries import Entry
 from fxdelta.errors import StateError
+from fxdelta.input_carrier import InputCarrier
 from fxdelta.observe import OutKind, first_hidden, first_param_name, hidden_slot
 from fxdelta.routes import Route
 
@@ -27,7 +28,7 @@ def _replace_slot(args: tuple, kwargs: dict, slot: int | str, value: torch.Tenso
     return args, {**kwargs, slot: value}
 
 
-def _repack(out: Any, kind: OutKind, hidden: torch.Tensor) -> Any:
+def repack(out: Any, kind: OutKind, hidden: torch.Tensor) -> Any:
     if kind is OutKind.TENSOR:
         return hidden
     if kind is OutKind.SEQUENCE:
@@ -42,10 +43,14 @@ class HookSite:
 
     kind = "hooks"
 
-    def __init__(self, path: str, module: nn.Module, entries: Sequence[Entry]) -> None:
+    def __init__(
+        self, path: str, module: nn.Module, entries: Sequence[Entry], carriers: Mapping[str, InputCarrier] | None = None
+    ) -> None:
         self.path = path
         self.module = module
         self.entries = list(entries)
+        # Pair entries (source != target) read their input from the carrier on their source.
+        self.carriers = dict(carriers or {})
         self._first_param = first_param_name(module)
         self._handles: list[Any] = []
 
@@ -73,15 +78,20 @@ class HookSite:
                 f"fxdelta: {self.path or 'the backbone'} returned {type(out).__name__}, which holds no hidden-state tensor"
             )
         h_in = None
+        carried = {source: carrier.pop() for source, carrier in self.carriers.items()}  # one pop per call
         for entry in self.entries:
+            if entry.route is Route.INPUT:
+                continue  # applied by the pre-hook
             if entry.route is Route.OUTPUT:
                 h = h + entry.delta(h)
-            elif entry.route is Route.PARALLEL:
+            elif entry.source is not None:
+                h = h + entry.delta(carried[entry.source])
+            else:
                 if h_in is None:
                     slot = self._slot(args, kwargs)
                     h_in = args[slot] if isinstance(slot, int) else kwargs[slot]
-                h = h + entry.delta(h_in)
-        return _repack(out, kind, h)
+                h = h + (entry.delta(h_in, h) if entry.route is Route.IN_OUT else entry.delta(h_in))
+        return repack(out, kind, h)
 
     @property
     def hook_ids(self) -> list[int]:
@@ -89,7 +99,8 @@ class HookSite:
 
     @property
     def key(self) -> tuple:
-        return (HookSite, self.path, tuple(id(e) for e in self.entries))
+        carriers = tuple(sorted((src, c.key) for src, c in self.carriers.items()))
+        return (HookSite, self.path, tuple(id(e) for e in self.entries), carriers)
 
     def install(self) -> None:
         if self._handles:
@@ -114,6 +125,9 @@ class HookSite:
                 Route.INPUT: "h_in <- h_in + d(h_in)   [forward pre-hook]",
                 Route.OUTPUT: "h_out <- h_out + d(h_out)   [forward hook]",
                 Route.PARALLEL: "h_out <- h_out + d(h_in)   [forward hook]",
+                Route.IN_OUT: "h_out <- h_out + d(h_in, h_out)   [forward hook]",
             }[e.route]
+            if e.source is not None:
+                formula = f"h_out <- h_out + d(h_in of {e.source})   [forward hook; input carried from {e.source}]"
             lines.append(f"  {e.qualified_name}: {formula}")
         return "\n".join(lines)

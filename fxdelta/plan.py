@@ -26,6 +26,7 @@ from torch import nn
 from fxdelta.entries import Entry
 from fxdelta.graph_site import GraphSite
 from fxdelta.hooks import HookSite
+from fxdelta.input_carrier import InputCarrier
 from fxdelta.observe import CallRecord
 from fxdelta.trace import graph_module, trace_region, validate_region
 
@@ -93,7 +94,7 @@ class Planner:
         records: Mapping[str, CallRecord],
         hooks_needed: set[str],
         cache: TraceCache,
-        installed: Sequence[GraphSite | HookSite] = (),
+        installed: Sequence[GraphSite | HookSite | InputCarrier] = (),
         suspend: Callable[[], AbstractContextManager] = nullcontext,
     ) -> None:
         self.backbone = backbone
@@ -103,7 +104,9 @@ class Planner:
         self.cache = cache
         self.suspend = suspend
         self.our_forwards = {id(s.module) for s in installed if isinstance(s, GraphSite)}
-        self.our_hooks = {i for s in installed if isinstance(s, HookSite) for i in s.hook_ids}
+        self.our_hooks = {i for s in installed if not isinstance(s, GraphSite) for i in s.hook_ids}
+        # Hook sites hold their carriers: a kept carrier must be the very object new hook sites read.
+        self.installed_carriers = {s.key: s for s in installed if isinstance(s, InputCarrier)}
 
     # -- which modules may be inlined / be a root ---------------------------------------------
     def _foreign_forward(self, m: nn.Module) -> bool:
@@ -180,34 +183,57 @@ class Planner:
         return graph if self.cache.validated[key] else None
 
     # -- the plan ---------------------------------------------------------------------------------
-    def plan(self, entries: Sequence[Entry]) -> list[GraphSite | HookSite]:
-        targets: dict[str, list[Entry]] = {}
+    def plan(self, entries: Sequence[Entry]) -> list[GraphSite | HookSite | InputCarrier]:
+        """Sites for ``entries``. All deltas on one module share one site, so they always compose in
+        creation order: a module with any delta on hooks has all its deltas on hooks."""
+        by_target: dict[str, list[Entry]] = {}
         for e in entries:
-            targets.setdefault(e.target, []).append(e)
-        all_targets = set(targets)
-        hook_targets = [t for t, es in targets.items() if self._needs_hooks(t, es)]
-        graph_targets = [t for t in targets if t not in hook_targets]
-
-        regions: dict[str, _Region] = {}
-        region_of: dict[str, str] = {}
-        if not _global_hooks():
-            for t in graph_targets:
-                self._assign_region(t, all_targets, regions, region_of)
+            by_target.setdefault(e.target, []).append(e)
+        pairs = [e for e in entries if e.source is not None]
+        hooked = {t for t, es in by_target.items() if any(self._needs_hooks(p, es) for p in {t, *(e.reads for e in es)})}
+        # Calls that must stay real calls (never traced through): every target and source.
+        boundaries = set(by_target) | {e.source for e in pairs}
+        while True:  # the hooked modules only grow: this ends
+            regions: dict[str, _Region] = {}
+            region_of: dict[str, str] = {}
+            if not _global_hooks():
+                for e in pairs:
+                    if e.target not in hooked:
+                        self._assign_region([e.source, e.target], boundaries, regions, region_of)
+                for t in by_target:
+                    if t not in hooked and t not in region_of:
+                        self._assign_region([t], boundaries, regions, region_of)
+            split = {e.target for e in pairs if e.target not in hooked and not self._same_region(e, region_of)}
+            if not split:
+                break
+            hooked |= split
 
         site_entries: dict[str, list[Entry]] = {root: [] for root in regions}
         opaque: dict[str, list[Entry]] = {}
         for e in entries:
-            if e.target in hook_targets:
+            if e.target in hooked:
                 continue
             # A target that is itself a region's root (and in no region above) joins that graph.
             root = region_of[e.target] if e.target in region_of else (e.target if e.target in regions else None)
             (site_entries[root] if root is not None else opaque.setdefault(e.target, [])).append(e)
-        sites: list[GraphSite | HookSite] = [
+        sites: list[GraphSite | HookSite | InputCarrier] = [
             GraphSite(root, self.modules[root], regions[root].graph, es) for root, es in site_entries.items()
         ]
         sites += [GraphSite(t, self.modules[t], None, es) for t, es in opaque.items()]
-        sites += [HookSite(t, self.modules[t], targets[t]) for t in hook_targets]
-        return sites
+        carriers: dict[tuple, InputCarrier] = {}
+        for t in [t for t in by_target if t in hooked]:
+            mine = {}
+            for e in by_target[t]:
+                if e.source is not None:
+                    carrier = InputCarrier(self.backbone, e.source, self.modules[e.source], t)
+                    carrier = carriers.setdefault(carrier.key, self.installed_carriers.get(carrier.key, carrier))
+                    mine[e.source] = carrier
+            sites.append(HookSite(t, self.modules[t], by_target[t], mine))
+        return sites + list(carriers.values())
+
+    @staticmethod
+    def _same_region(e: Entry, region_of: dict[str, str]) -> bool:
+        return e.source in region_of and region_of.get(e.target) == region_of[e.source]
 
     def _needs_hooks(self, target: str, entries: Sequence[Entry]) -> bool:
         record = self.records.get(target)
@@ -218,20 +244,36 @@ class Planner:
             or not record.single_tensor
         )
 
-    def _assign_region(self, t: str, targets: set[str], regions: dict[str, _Region], region_of: dict[str, str]) -> None:
-        inlined_elsewhere = set().union(*(r.inline for r in regions.values())) if regions else set()
-        for root in self._candidates(t, targets, set(regions)):
+    def _assign_region(
+        self, group: list[str], boundaries: set[str], regions: dict[str, _Region], region_of: dict[str, str]
+    ) -> None:
+        """Put every module of ``group`` in one region: the highest common candidate that traces."""
+        group = [m for i, m in enumerate(group) if m not in group[:i]]
+        inlined_elsewhere = set().union(set(), *(r.inline for r in regions.values()))
+        candidates = [self._candidates(m, boundaries, set(regions)) for m in group]
+        for root in [c for c in candidates[0] if all(c in others for others in candidates[1:])]:
             if root in inlined_elsewhere:
                 continue  # another region traces through it: its forward would be skipped
-            inline = self._path_between(root, t)
+            inline = set().union(*(self._path_between(root, m) for m in group))
             if inline & set(regions):
                 continue  # would trace through another region's root
             existing = regions.get(root)
-            members = (existing.targets if existing else []) + [t]
+            members = (existing.targets if existing else []) + [m for m in group if not existing or m not in existing.targets]
             inline_all = inline | (existing.inline if existing else set())
             graph = self._trace(root, members, inline_all)
-            if graph is None:
+            if graph is None or not _calls_in_order(graph, root, group):
                 continue
             regions[root] = _Region(root, members, inline_all, graph)
-            region_of[t] = root
+            for m in group:
+                region_of[m] = root
             return
+
+
+def _calls_in_order(graph: fx.Graph, root: str, group: list[str]) -> bool:
+    """Each module of ``group`` is called in the graph, and (for a pair) the source before the target."""
+    rel = [m[len(root) + 1:] if root else m for m in group]
+    order = {}
+    for i, node in enumerate(graph.nodes):
+        if node.op == "call_module" and node.target in rel:
+            order.setdefault(node.target, i)
+    return all(r in order for r in rel) and [order[r] for r in rel] == sorted(order[r] for r in rel)

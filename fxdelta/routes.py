@@ -8,4 +8,5 @@ class Route(enum.Enum):
 
     INPUT = "input"  # h_in <- h_in + d(h_in), then m
     OUTPUT = "output"  # h_out <- h_out + d(h_out)
-    PARALLEL = "parallel"  # h_out <- h_out + d(h_in)
+    PARALLEL = "parallel"  # h_out <- h_out + d(h_in); h_in may be another module's input (a pair)
+    IN_OUT = "in_out"  # h_out <- h_out + d(h_in, h_out): reweighting methods such as DoRA

@@ -7,7 +7,9 @@ cross-attention alike; a family whose attention projects q, k and v in one layer
 
 Vocabulary: ``attn.q``, ``attn.k``, ``attn.v`` (projections), ``attn.o`` (attention output
 projection), ``ff.w1`` (FFN up/gate projections), ``ff.w2`` (FFN down projection),
-``layer_norm`` (the norms inside each block).
+``layer_norm`` (the norms inside each block); ``attn`` (the attention block) and ``ff`` (the
+module whose output is the FFN's output); ``ff.in`` (the one module whose input is the FFN's
+input) and ``ff.act`` (the FFN's activation, whose output is the intermediate hidden state).
 """
 
 from __future__ import annotations
@@ -31,11 +33,16 @@ def _bert_like(q: str, k: str, v: str) -> dict[str, tuple[str, ...]]:
         "ff.w1": ("intermediate.dense",),
         "ff.w2": (block + "output\\.dense",),
         "layer_norm": (block + "(?:attention\\.)?output\\.LayerNorm",),
+        "attn": (block + "attention",),
+        "ff": (block + "output",),
+        "ff.in": ("intermediate.dense",),
+        "ff.act": ("intermediate",),
     }
 
 
 def _bart_like(attentions: str) -> dict[str, tuple[str, ...]]:
-    attn = f"{_P}(?:{attentions})\\."
+    block = f"{_P}(?:{attentions})"
+    attn = block + "\\."
     return {
         "attn.q": (attn + "q_proj",),
         "attn.k": (attn + "k_proj",),
@@ -44,6 +51,10 @@ def _bart_like(attentions: str) -> dict[str, tuple[str, ...]]:
         "ff.w1": ("fc1",),
         "ff.w2": ("fc2",),
         "layer_norm": (_P + "layers\\.\\d+\\.(?:self_attn|encoder_attn|final)_layer_norm",),
+        "attn": (block,),  # the attention modules themselves
+        "ff": ("fc2",),  # no FFN module: its output is fc2's
+        "ff.in": ("fc1",),
+        "ff.act": (_P + "layers\\.\\d+\\.activation_fn",),
     }
 
 
@@ -56,10 +67,15 @@ def _llama_like() -> dict[str, tuple[str, ...]]:
         "ff.w1": ("mlp.gate_proj", "mlp.up_proj"),
         "ff.w2": ("mlp.down_proj",),
         "layer_norm": ("input_layernorm", "post_attention_layernorm"),
+        "attn": ("self_attn",),
+        "ff": ("mlp",),
+        "ff.in": ("mlp.gate_proj",),
+        "ff.act": ("mlp.act_fn",),
     }
 
 
-_T5_ATTN = f"{_P}(?:SelfAttention|EncDecAttention)\\."
+_T5_BLOCK = f"{_P}(?:SelfAttention|EncDecAttention)"
+_T5_ATTN = _T5_BLOCK + "\\."
 
 COMMON_STRUCTURE: dict[str, dict[str, tuple[str, ...]]] = {
     "bert": _bert_like("query", "key", "value"),
@@ -73,6 +89,10 @@ COMMON_STRUCTURE: dict[str, dict[str, tuple[str, ...]]] = {
         "ff.w1": ("ffn.lin1",),
         "ff.w2": ("ffn.lin2",),
         "layer_norm": ("sa_layer_norm", "output_layer_norm"),
+        "attn": ("attention",),
+        "ff": ("ffn",),
+        "ff.in": ("ffn.lin1",),
+        "ff.act": ("ffn.activation",),
     },
     "gpt2": {
         "attn.q": ("attn.c_attn",),
@@ -82,6 +102,10 @@ COMMON_STRUCTURE: dict[str, dict[str, tuple[str, ...]]] = {
         "ff.w1": ("mlp.c_fc",),
         "ff.w2": ("mlp.c_proj",),
         "layer_norm": ("ln_1", "ln_2"),
+        "attn": ("attn",),
+        "ff": ("mlp",),
+        "ff.in": ("mlp.c_fc",),
+        "ff.act": ("mlp.act",),
     },
     "t5": {
         "attn.q": (_T5_ATTN + "q",),
@@ -91,6 +115,10 @@ COMMON_STRUCTURE: dict[str, dict[str, tuple[str, ...]]] = {
         "ff.w1": (_P + "DenseReluDense\\.wi(?:_0|_1)?",),
         "ff.w2": ("DenseReluDense.wo",),
         "layer_norm": (_P + "block\\.\\d+\\.layer\\.\\d+\\.layer_norm",),
+        "attn": (_T5_BLOCK,),
+        "ff": ("DenseReluDense",),
+        "ff.in": (_P + "DenseReluDense\\.wi(?:_0)?",),
+        "ff.act": ("DenseReluDense.act",),
     },
     "bart": _bart_like("self_attn|encoder_attn"),
     "opt": _bart_like("self_attn"),
@@ -105,6 +133,10 @@ COMMON_STRUCTURE: dict[str, dict[str, tuple[str, ...]]] = {
         "ff.w1": ("mlp.fc1",),
         "ff.w2": ("mlp.fc2",),
         "layer_norm": ("layernorm_before", "layernorm_after"),
+        "attn": (_P + "layers\\.\\d+\\.attention",),
+        "ff": ("mlp",),
+        "ff.in": ("mlp.fc1",),
+        "ff.act": ("mlp.activation_fn",),
     },
 }
 

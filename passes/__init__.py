@@ -5,8 +5,9 @@ Each pass is a pure edit of an ``fx.Graph``: it inserts the delta's ``call_modul
 The caller recompiles.
 """
 
+from fxdelta.passes.insert_in_out import insert_in_out
 from fxdelta.passes.insert_input import insert_input
 from fxdelta.passes.insert_output import insert_output
 from fxdelta.passes.insert_parallel import insert_parallel
 
-__all__ = ["insert_input", "insert_output", "insert_parallel"]
+__all__ = ["insert_in_out", "insert_input", "insert_output", "insert_parallel"]

@@ -12,10 +12,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from fxdelta import AdapterModel, BitFitModel, DeltaModel, LoraModel
-from zoo import TORCH_TARGETS, ZOO, ZooModel
+from fxdelta import (
+    AdapterModel, BitFitModel, CompacterModel, DeltaModel, DoraModel, IA3Model, LoraModel, LowRankAdapterModel,
+    ParallelAdapterModel,
+)
+from zoo import METHOD_KWARGS, TORCH_TARGETS, ZOO, ZooModel
 
-METHODS: dict[str, type[DeltaModel]] = {"lora": LoraModel, "adapter": AdapterModel, "bitfit": BitFitModel}
+METHODS: dict[str, type[DeltaModel]] = {
+    "lora": LoraModel, "adapter": AdapterModel, "bitfit": BitFitModel, "low_rank_adapter": LowRankAdapterModel,
+    "compacter": CompacterModel, "parallel_adapter": ParallelAdapterModel, "ia3": IA3Model, "dora": DoraModel,
+}
+LORA_LIKE = ("lora", "dora")  # methods with their own dropout (lora_dropout)
 
 NOISE = 0.2  # std of the noise added to delta parameters: big enough to move tiny models' logits
 
@@ -23,7 +30,7 @@ NOISE = 0.2  # std of the noise added to delta parameters: big enough to move ti
 def delta_kwargs(model_name: str, method: str, **extra: Any) -> dict[str, Any]:
     """Constructor kwargs for ``method`` on a zoo model: HF families use default positions."""
     zm = ZOO[model_name]
-    kwargs = dict(extra)
+    kwargs = {**METHOD_KWARGS.get(method, {}), **extra}
     if not zm.is_hf:
         kwargs["modified_modules"] = TORCH_TARGETS[model_name][method]
     if zm.example_inputs is not None:
@@ -33,7 +40,7 @@ def delta_kwargs(model_name: str, method: str, **extra: Any) -> dict[str, Any]:
 
 def spec(model_name: str, method: str) -> dict[str, Any]:
     """The ``fxdelta.compile`` dict for ``method`` on a zoo model."""
-    out: dict[str, Any] = {"delta_type": method}
+    out: dict[str, Any] = {"delta_type": method, **METHOD_KWARGS.get(method, {})}
     if not ZOO[model_name].is_hf:
         out["modified_modules"] = TORCH_TARGETS[model_name][method]
     return out

@@ -10,7 +10,8 @@ from torch import nn
 
 import fxdelta
 from fxdelta import (
-    AdapterModel, AutoDeltaConfig, AutoDeltaModel, BitFitModel, ConfigError, LoraModel, SelectorError, UnsupportedModelError,
+    AdapterModel, AutoDeltaConfig, AutoDeltaModel, BitFitModel, CompacterModel, ConfigError, DoraModel, LoraModel,
+    LowRankAdapterModel, ParallelAdapterModel, SelectorError, UnsupportedModelError,
 )
 from snapshot import assert_unchanged, run, snapshot
 from zoo import ZOO
@@ -50,6 +51,16 @@ def test_lora_on_a_layer_norm(bert):
         (LoraModel, {"lora_dropout": 1.5}, "LoraConfig.lora_dropout"),
         (AdapterModel, {"bottleneck_dim": 0}, "AdapterConfig.bottleneck_dim"),
         (AdapterModel, {"non_linearity": "foo"}, "AdapterConfig.non_linearity"),
+        (DoraModel, {"lora_r": 0}, "DoraConfig.lora_r"),
+        (LowRankAdapterModel, {"reduction_factor": 0}, "LowRankAdapterConfig.reduction_factor"),
+        (LowRankAdapterModel, {"low_rank_rank": -2}, "LowRankAdapterConfig.low_rank_rank"),
+        (LowRankAdapterModel, {"low_rank_w_init": "zeros"}, "LowRankAdapterConfig.low_rank_w_init"),
+        (CompacterModel, {"hypercomplex_division": 0}, "CompacterConfig.hypercomplex_division"),
+        (CompacterModel, {"phm_rank": 0}, "CompacterConfig.phm_rank"),
+        (CompacterModel, {"phm_init_range": -1.0}, "CompacterConfig.phm_init_range"),
+        (CompacterModel, {"learn_phm": "yes"}, "CompacterConfig.learn_phm"),
+        (ParallelAdapterModel, {"bottleneck_dim": -4}, "ParallelAdapterConfig.bottleneck_dim"),
+        (ParallelAdapterModel, {"scaled": 0}, "ParallelAdapterConfig.scaled"),
     ],
 )
 def test_bad_hyper_parameter_names_the_field(bert, cls, kwargs, field):
@@ -180,3 +191,22 @@ def test_failed_second_delta_keeps_the_first(family, first, second, error):
     handle.attach()
     with torch.no_grad():
         assert torch.equal(run(model, inputs), before.output)
+
+
+@pytest.mark.parametrize(
+    "cls, kwargs, message",
+    [
+        # the zoo's hidden size is 32
+        (LowRankAdapterModel, {"reduction_factor": 64}, r"reduction_factor=64 leaves no bottleneck for the 32 features"),
+        (CompacterModel, {"reduction_factor": 16}, r"hypercomplex_division=4 must divide .* the bottleneck 2"),
+        (CompacterModel, {"shared_phm_rule": True}, r"shared_phm_rule=True is not supported"),
+        (DoraModel, {"modified_modules": ["LayerNorm"]}, r"cannot patch .*LayerNorm"),
+    ],
+    ids=["bottleneck-0", "phm-division", "shared-rule", "dora-on-norm"],
+)
+def test_sizes_that_do_not_fit_the_model(bert, cls, kwargs, message):
+    model, inputs = bert
+    before = snapshot(model, inputs)
+    with pytest.raises((ConfigError, SelectorError), match=message):
+        cls(model, **kwargs)
+    assert_unchanged(model, before, inputs)

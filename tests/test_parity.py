@@ -26,9 +26,36 @@ def _delta(n_in: int, n_out: int, seed: int) -> nn.Module:
     return nn.Sequential(nn.Linear(n_in, 3), nn.Tanh(), nn.Linear(3, n_out))
 
 
+class _InOutDelta(nn.Module):
+    """``d(h_in, h_out)``: a gate from the input times the output, like a reweighting method."""
+
+    def __init__(self, n_in: int, n_out: int, seed: int) -> None:
+        super().__init__()
+        self.gate = _delta(n_in, n_out, seed)
+
+    def forward(self, h_in: torch.Tensor, h_out: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.gate(h_in)) * h_out
+
+
 def _entries(target: str, routes: list[Route], dim_in: int = IN, dim_out: int = OUT) -> list[Entry]:
-    shapes = {Route.INPUT: (dim_in, dim_in), Route.OUTPUT: (dim_out, dim_out), Route.PARALLEL: (dim_in, dim_out)}
-    return [Entry(target, r, _delta(*shapes[r], seed=10 + i), f"d{i}", order=i) for i, r in enumerate(routes)]
+    shapes = {
+        Route.INPUT: (dim_in, dim_in), Route.OUTPUT: (dim_out, dim_out),
+        Route.PARALLEL: (dim_in, dim_out), Route.IN_OUT: (dim_in, dim_out),
+    }
+
+    def make(route: Route, seed: int) -> nn.Module:
+        return _InOutDelta(*shapes[route], seed) if route is Route.IN_OUT else _delta(*shapes[route], seed)
+
+    return [Entry(target, r, make(r, seed=10 + i), f"d{i}", order=i) for i, r in enumerate(routes)]
+
+
+def _added(entry: Entry, h_in: torch.Tensor, h_out: torch.Tensor) -> torch.Tensor:
+    """What an output-side delta adds to ``h_out``, by hand."""
+    if entry.route is Route.OUTPUT:
+        return entry.delta(h_out)
+    if entry.route is Route.PARALLEL:
+        return entry.delta(h_in)
+    return entry.delta(h_in, h_out)
 
 
 def _install(kind: str, path: str, module: nn.Module, entries: list[Entry]):
@@ -55,10 +82,8 @@ def _reference(lin: nn.Linear, entries: list[Entry], x: torch.Tensor) -> torch.T
             h = h + e.delta(h)
     y = lin(h)
     for e in entries:
-        if e.route is Route.OUTPUT:
-            y = y + e.delta(y)
-        elif e.route is Route.PARALLEL:
-            y = y + e.delta(h)
+        if e.route is not Route.INPUT:
+            y = y + _added(e, h, y)
     return y
 
 
@@ -89,6 +114,7 @@ COMPOSITIONS = {
     "in-in-par-out-par": [Route.INPUT, Route.INPUT, Route.PARALLEL, Route.OUTPUT, Route.PARALLEL],
     "out-par-out": [Route.OUTPUT, Route.PARALLEL, Route.OUTPUT],
     "in-out-in": [Route.INPUT, Route.OUTPUT, Route.INPUT],
+    "par-inout-out-inout": [Route.PARALLEL, Route.IN_OUT, Route.OUTPUT, Route.IN_OUT],
 }
 
 
@@ -141,8 +167,7 @@ def test_hooks_on_a_tuple_returning_block(route, call):
         if route is Route.INPUT:
             expected = block(h + entry.delta(h), mask)
         else:
-            added = entry.delta(plain[0] if route is Route.OUTPUT else h)
-            expected = (plain[0] + added, plain[1], plain[2])
+            expected = (plain[0] + _added(entry, h, plain[0]), plain[1], plain[2])
         _install("hooks", "block", block, [entry])
         out = call(block, h, mask)
     assert type(out) is tuple and len(out) == 3
@@ -172,10 +197,8 @@ def test_hooks_find_h_in_by_first_parameter_name_and_repack_model_output(route):
     with torch.no_grad():
         x_in = x + entry.delta(x) if route is Route.INPUT else x
         y = block.proj(x_in) * 2.0
-        if route is Route.OUTPUT:
-            y = y + entry.delta(y)
-        elif route is Route.PARALLEL:
-            y = y + entry.delta(x)
+        if route is not Route.INPUT:
+            y = y + _added(entry, x, y)
         _install("hooks", "block", block, [entry])
         out = block(x=x, scale=2.0)
     assert isinstance(out, BaseModelOutput)

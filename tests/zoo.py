@@ -165,11 +165,30 @@ TORCH_MODELS = [name for name, m in ZOO.items() if not m.is_hf]
 
 # Where each method goes on the plain torch models (they have no default positions).
 TORCH_TARGETS: dict[str, dict[str, list[str]]] = {
-    "mlp": {"lora": ["fc1", "fc2"], "adapter": ["fc1", "fc2"], "bitfit": ["fc1", "fc2", "head"]},
-    "cnn": {"lora": ["fc"], "adapter": ["conv1", "conv2"], "bitfit": ["conv1", "conv2", "bn", "fc"]},
+    "mlp": {
+        "lora": ["fc1", "fc2"], "adapter": ["fc1", "fc2"], "bitfit": ["fc1", "fc2", "head"],
+        "low_rank_adapter": ["fc1", "fc2"], "compacter": ["fc1", "fc2"],
+        "parallel_adapter": ["fc1", "fc2"],  # a pair: fc1's input -> fc2's output
+        "ia3": ["act", "fc2"], "dora": ["fc1", "fc2"],
+    },
+    "cnn": {
+        "lora": ["fc"], "adapter": ["conv1", "conv2"], "bitfit": ["conv1", "conv2", "bn", "fc"],
+        "low_rank_adapter": ["conv1", "conv2"], "compacter": ["conv1", "conv2"],
+        "parallel_adapter": ["drop", "fc"], "ia3": ["conv1", "bn", "conv2"], "dora": ["fc"],
+    },
     "transformer-encoder": {
         "lora": ["linear1", "linear2"],
         "adapter": ["linear2", "layers.0"],
         "bitfit": ["linear1", "linear2", "norm1", "norm2"],
+        "low_rank_adapter": ["linear2", "layers.0"], "compacter": ["linear2", "layers.0"],
+        "parallel_adapter": ["layers.0", "layers.0", "linear1", "linear2"],
+        "ia3": ["linear1", "norm1"], "dora": ["linear1", "linear2"],
     },
+}
+
+# Hyper-parameters the tiny zoo needs (hidden sizes of 8-48): a bottleneck of half the width, whose
+# size the default Compacter division (4) divides.
+METHOD_KWARGS: dict[str, dict[str, object]] = {
+    "low_rank_adapter": {"reduction_factor": 2},
+    "compacter": {"reduction_factor": 2},
 }

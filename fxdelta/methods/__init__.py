@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fxdelta.errors import ConfigError
-from fxdelta.methods import adapter, bitfit, lora
+from fxdelta.methods import adapter, bitfit, compacter, dora, ia3, lora, low_rank_adapter, parallel_adapter
 from fxdelta.methods.base import Method, TargetInfo
 from fxdelta.select import closest_names
 
@@ -11,13 +11,21 @@ METHODS: dict[str, Method] = {
     "lora": lora.METHOD,
     "adapter": adapter.METHOD,
     "bitfit": bitfit.METHOD,
+    "low_rank_adapter": low_rank_adapter.METHOD,
+    "compacter": compacter.METHOD,
+    "parallel_adapter": parallel_adapter.METHOD,
+    "ia3": ia3.METHOD,
+    "dora": dora.METHOD,
 }
+
+# OpenDelta's spellings of the same methods
+ALIASES: dict[str, str] = {"lowrankadapter": "low_rank_adapter", "parallel-adapter": "parallel_adapter", "IA3": "ia3"}
 
 
 def method_for(delta_type: str) -> Method:
     """The method registered as ``delta_type``; unknown names raise ``ConfigError`` with suggestions."""
     try:
-        return METHODS[delta_type]
+        return METHODS[ALIASES.get(delta_type, delta_type)]
     except (KeyError, TypeError):
         raise ConfigError(
             f"unknown delta_type {delta_type!r}; known: {sorted(METHODS)} "

@@ -5,12 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-import torch
-from torch import nn
-
 from fxdelta.config import DeltaConfig
 from fxdelta.methods.activations import NonLinearity
-from fxdelta.methods.base import Method, TargetInfo, on_feature_axis
+from fxdelta.methods.base import Method, TargetInfo
+from fxdelta.methods.bottleneck import Bottleneck, dense_bottleneck
 from fxdelta.routes import Route
 
 
@@ -28,26 +26,12 @@ class AdapterConfig(DeltaConfig):
         self._enum("non_linearity", NonLinearity)
 
 
-class AdapterDelta(nn.Module):
-    """``d(h) = up(act(down(h)))`` on the feature axis; ``up`` starts at zero, so the patch starts as identity."""
+class AdapterDelta(Bottleneck):
+    """``d(h) = up(act(down(h)))`` on the feature axis, dense projections; ``up`` starts at zero."""
 
     def __init__(self, features: int, config: AdapterConfig, *, feature_axis: int = -1, dtype=None, device=None) -> None:
-        super().__init__()
-        self.down_proj = nn.Linear(features, config.bottleneck_dim, dtype=dtype, device=device)
-        self.up_proj = nn.Linear(config.bottleneck_dim, features, dtype=dtype, device=device)
-        nn.init.zeros_(self.up_proj.weight)
-        nn.init.zeros_(self.up_proj.bias)
-        self.non_linearity = NonLinearity(config.non_linearity)
-        self.feature_axis = feature_axis
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return on_feature_axis(self._bottleneck, h, self.feature_axis)
-
-    def _bottleneck(self, h: torch.Tensor) -> torch.Tensor:
-        return self.up_proj(self.non_linearity(self.down_proj(h)))  # (..., features)
-
-    def extra_repr(self) -> str:
-        return f"non_linearity={self.non_linearity.value}, feature_axis={self.feature_axis}"
+        down, up = dense_bottleneck(features, config.bottleneck_dim, features, dtype=dtype, device=device)
+        super().__init__(down, up, config.non_linearity, feature_axis=feature_axis)
 
 
 def build(config: AdapterConfig, target: TargetInfo) -> AdapterDelta:

@@ -79,6 +79,7 @@ class Method:
     default_positions: tuple[str, ...]  # names in the common structure map (fxdelta.structure)
     can_patch: Callable[[nn.Module], str | None] = any_module  # None, or why it cannot
     needs_h_in: bool = False  # whether the method reads the module's input (sizes the delta)
+    pairs: bool = False  # selectors come in (source, target) pairs: h_in read at source, added at target
 
 
 def on_feature_axis(fn: Callable[[torch.Tensor], torch.Tensor], h: torch.Tensor, axis: int) -> torch.Tensor:

@@ -1,0 +1,71 @@
+"""DoRA (Liu et al. 2024): LoRA on the direction of a linear layer's weight, with a learned magnitude.
+
+The patched layer computes ``(m / ||W + s B A||) * (x (W + s B A)^T) + b`` (norm over the input
+dimension, per output feature). As an in-out delta on the layer's own output ``h = x W^T + b``:
+``d(x, h) = (m / ||V|| - 1) * (h - b) + (m / ||V||) * s * (dropout(x) A^T B^T)``. ``m`` starts at
+``||W||`` and ``B`` at zero, so the patch starts as an exact identity. The norm is treated as a
+constant in backward, as in the paper (section 4.3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fxdelta.methods.base import Method, TargetInfo, linear_only
+from fxdelta.methods.lora import LoraConfig, LoraDelta
+from fxdelta.routes import Route
+
+
+@dataclass(frozen=True, kw_only=True)
+class DoraConfig(LoraConfig):
+    """LoRA's fields (``lora_r=8, lora_alpha=16, lora_dropout=0.0``); the magnitude has no hyper-parameter."""
+
+    delta_type: ClassVar[str] = "dora"
+
+
+def _weight(layer: nn.Module) -> torch.Tensor:
+    """The layer's weight as (out, in): transformers' Conv1D stores it transposed."""
+    return layer.weight if isinstance(layer, nn.Linear) else layer.weight.t()
+
+
+class DoraDelta(LoraDelta):
+    """LoRA's ``lora_A``/``lora_B`` plus ``magnitude`` (out,); reads the patched layer's weight and bias live."""
+
+    def __init__(self, layer: nn.Module, config: DoraConfig, *, dtype=None, device=None) -> None:
+        weight = _weight(layer)
+        super().__init__(weight.shape[1], weight.shape[0], config, dtype=dtype, device=device)
+        object.__setattr__(self, "_layer", layer)  # not a submodule: its weights stay the backbone's
+        with torch.no_grad():
+            self.magnitude = nn.Parameter(weight.detach().norm(dim=1).to(dtype=dtype or weight.dtype))  # (out,)
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        weight = _weight(self._layer)
+        with torch.no_grad():  # ||W + s B A|| per output row, a constant for backward
+            norm = (weight + (self.lora_B @ self.lora_A) * self.scaling).norm(dim=1)  # (out,)
+        scale = self.magnitude / norm  # (out,)
+        bias = getattr(self._layer, "bias", None)
+        base = h if bias is None else h - bias  # (..., out): x W^T
+        if self.lora_dropout is not None:
+            x = self.lora_dropout(x)
+        lora = F.linear(F.linear(x, self.lora_A), self.lora_B) * self.scaling  # (..., out)
+        return (scale - 1) * base + scale * lora
+
+
+def build(config: DoraConfig, target: TargetInfo) -> DoraDelta:
+    return DoraDelta(target.module, config, dtype=target.dtype, device=target.device)
+
+
+METHOD = Method(
+    delta_type="dora",
+    config=DoraConfig,
+    build=build,
+    route=Route.IN_OUT,
+    default_positions=("attn.q", "attn.v"),
+    can_patch=linear_only,
+    needs_h_in=True,
+)

@@ -1,0 +1,47 @@
+"""IA3 (Liu et al. 2022): learned vectors that rescale keys, values and the FFN's intermediate activation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from fxdelta.config import DeltaConfig
+from fxdelta.methods.base import Method, TargetInfo
+from fxdelta.routes import Route
+
+
+@dataclass(frozen=True, kw_only=True)
+class IA3Config(DeltaConfig):
+    """IA3 has no hyper-parameters beyond where to patch (default: attention keys and values, and the
+    FFN activation). On GPT-2, keys and values come out of the fused ``c_attn``, whose whole q/k/v
+    output is rescaled."""
+
+    delta_type: ClassVar[str] = "ia3"
+
+
+class IA3Delta(nn.Module):
+    """Rescale by ``l`` (ones at init): as an output-route delta, ``d(h) = (l - 1) * h``, so ``h + d(h) = l * h``."""
+
+    def __init__(self, shape: tuple[int, ...], *, dtype=None, device=None) -> None:
+        super().__init__()
+        self.ia3_l = nn.Parameter(torch.ones(shape, dtype=dtype, device=device))  # (F,) or (C, 1, ..., 1)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return (self.ia3_l - 1) * h
+
+
+def build(config: IA3Config, target: TargetInfo) -> IA3Delta:
+    trailing = len(target.h_out.shape) - 2 if target.feature_axis == 1 else 0
+    return IA3Delta((target.out_features,) + (1,) * trailing, dtype=target.dtype, device=target.device)
+
+
+METHOD = Method(
+    delta_type="ia3",
+    config=IA3Config,
+    build=build,
+    route=Route.OUTPUT,
+    default_positions=("attn.k", "attn.v", "ff.act"),
+)
