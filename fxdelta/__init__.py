@@ -31,6 +31,7 @@ from fxdelta.methods.ia3 import IA3Config
 from fxdelta.methods.lora import LoraConfig
 from fxdelta.methods.low_rank_adapter import LowRankAdapterConfig
 from fxdelta.methods.parallel_adapter import ParallelAdapterConfig
+from fxdelta.methods.prefix import PrefixConfig
 from fxdelta.models import (
     AdapterModel,
     BitFitModel,
@@ -40,6 +41,7 @@ from fxdelta.models import (
     LoraModel,
     LowRankAdapterModel,
     ParallelAdapterModel,
+    PrefixModel,
 )
 from fxdelta.routes import Route
 from fxdelta.visualization import Visualization
@@ -51,6 +53,6 @@ __all__ = [
     "CheckpointError", "CompacterConfig", "CompacterModel", "ConfigError", "DeltaConfig", "DeltaModel",
     "DoraConfig", "DoraModel", "FxDeltaError", "IA3Config", "IA3Model", "LoraConfig", "LoraModel",
     "LowRankAdapterConfig", "LowRankAdapterModel", "NonLinearity", "ParallelAdapterConfig",
-    "ParallelAdapterModel", "Route", "SelectorError", "StateError", "UnsupportedModelError", "Visualization",
+    "ParallelAdapterModel", "PrefixConfig", "PrefixModel", "Route", "SelectorError", "StateError", "UnsupportedModelError", "Visualization",
     "compile", "delta_models", "load", "save", "show_graph",
 ]

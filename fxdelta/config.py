@@ -114,6 +114,10 @@ class DeltaConfig:
             out[f.name] = value
         return out
 
+    def exported(self) -> "DeltaConfig":
+        """The config a checkpoint records (methods that merge something away before saving override it)."""
+        return self
+
     def replace(self, **changes: Any) -> "DeltaConfig":
         return dataclasses.replace(self, **changes)
 

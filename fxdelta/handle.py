@@ -101,7 +101,9 @@ class DeltaModel:
 
     def _build_entries(self, pairs: Sequence[Pair], example_inputs: Any, hooks_only: bool) -> list[Entry]:
         paths = {p for pair in pairs for p in pair if p is not None}
-        self._state.observe(sorted(paths), example_for(self.backbone, example_inputs))
+        example = example_for(self.backbone, example_inputs)
+        self._state.observe(sorted(paths), example)
+        self._state.probe(self.method, [t for _, t in pairs], example)
         modules = dict(self.backbone.named_modules())
         order = self._state.next_serial()
         entries = []
@@ -118,9 +120,12 @@ class DeltaModel:
                     f"{source or target} takes no floating-point hidden state as first argument or 'hidden_states', "
                     f"which {self.config.delta_type} needs"
                 )
-            info = TargetInfo(path=target, module=modules[target], h_in=h_in, h_out=h_out)
+            extra = self._state.extras.get(target, {})
+            info = TargetInfo(path=target, module=modules[target], h_in=h_in, h_out=h_out, extra=extra)
             delta = self.method.build(self.config, info)
             entries.append(Entry(target, self.method.route, delta, self.name, order, hooks_only=hooks_only, source=source))
+        if self.method.link is not None and entries:
+            self.method.link(self.config, [e.delta for e in entries], dtype=info.dtype, device=info.device)
         return entries
 
     def _not_observed_message(self, target: str) -> str:
@@ -230,15 +235,41 @@ class DeltaModel:
         """Print the rewritten code and node list of the site carrying ``path`` (default: the first target)."""
         report.show_graph(self.backbone, path or self.targets[0], file=file)
 
+    def merge(self) -> "DeltaModel":
+        """Fold what only serves training into the delta itself (prefix tuning's MLP into its prefixes).
+
+        The outputs stay the same; the config then records ``exported()`` (e.g. ``reparameterize=False``).
+        Methods with nothing to fold raise.
+        """
+        if not any(hasattr(e.delta, "merge") for e in self.entries):
+            raise FxDeltaError(
+                f"{self.config.delta_type} has nothing to merge: only prefix tuning's reparameterization is merged "
+                f"(folding deltas into backbone weights is not supported)"
+            )
+        for e in self.entries:
+            e.delta.merge()
+        self.config = self.config.exported()
+        if self.attached:  # the sites that refreshed the MLP go
+            self._state.apply(self._state.active)
+        return self
+
     def checkpoint_entry(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-        """This delta's checkpoint record and tensors (deltas plus backbone tensors it unfroze)."""
-        tensors = {name: t.detach() for name, t in self.state_dict().items()}
+        """This delta's checkpoint record and tensors (deltas plus backbone tensors it unfroze).
+
+        Methods that train through something they merge away save what it produces (prefix tuning
+        saves the prefixes, not its MLP), with the matching config.
+        """
+        tensors = {
+            f"{e.qualified_name}.{k}": v.detach()
+            for e in self.entries
+            for k, v in (e.delta.exported_state() if hasattr(e.delta, "exported_state") else e.delta.state_dict()).items()
+        }
         backbone_params = dict(self.backbone.named_parameters())
         unfrozen = [n for n in self._unfrozen if n in backbone_params and backbone_params[n].requires_grad]
         tensors.update((n, backbone_params[n].detach()) for n in unfrozen)
         entry = {
             "name": self.name,
-            "config": self.config.to_dict(),
+            "config": self.config.exported().to_dict(),
             "targets": list(self.targets),
             "sources": list(self.sources),
             "unfrozen": unfrozen,

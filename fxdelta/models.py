@@ -13,6 +13,7 @@ from fxdelta.methods.ia3 import IA3Config
 from fxdelta.methods.lora import LoraConfig
 from fxdelta.methods.low_rank_adapter import LowRankAdapterConfig
 from fxdelta.methods.parallel_adapter import ParallelAdapterConfig
+from fxdelta.methods.prefix import PrefixConfig
 
 
 class LoraModel(DeltaModel):
@@ -71,3 +72,11 @@ class DoraModel(DeltaModel):
     ``DoraConfig`` (LoRA's); default positions: attention q and v."""
 
     config_class = DoraConfig
+
+
+class PrefixModel(DeltaModel):
+    """Prefix tuning: learned keys/values in front of every targeted self-attention's own. Fields: see
+    ``PrefixConfig`` (``prefix_token_num=6, reparameterize=True, embed_dim=512, mid_dim=512``); default
+    positions: every self-attention. ``merge()`` folds the reparameterization MLP into the prefixes."""
+
+    config_class = PrefixConfig

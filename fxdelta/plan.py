@@ -27,6 +27,7 @@ from fxdelta.entries import Entry
 from fxdelta.graph_site import GraphSite
 from fxdelta.hooks import HookSite
 from fxdelta.input_carrier import InputCarrier
+from fxdelta.routes import Route
 from fxdelta.observe import CallRecord
 from fxdelta.trace import graph_module, trace_region, validate_region
 
@@ -96,8 +97,10 @@ class Planner:
         cache: TraceCache,
         installed: Sequence[GraphSite | HookSite | InputCarrier] = (),
         suspend: Callable[[], AbstractContextManager] = nullcontext,
+        extras: Mapping[str, dict] | None = None,
     ) -> None:
         self.backbone = backbone
+        self.extras = extras or {}  # what methods' probes found, by module path
         self.modules = dict(backbone.named_modules(remove_duplicate=False))
         self.records = records
         self.hooks_needed = hooks_needed
@@ -183,16 +186,28 @@ class Planner:
         return graph if self.cache.validated[key] else None
 
     # -- the plan ---------------------------------------------------------------------------------
-    def plan(self, entries: Sequence[Entry]) -> list[GraphSite | HookSite | InputCarrier]:
+    def plan(self, entries: Sequence[Entry]) -> list:
         """Sites for ``entries``. All deltas on one module share one site, so they always compose in
-        creation order: a module with any delta on hooks has all its deltas on hooks."""
+        creation order: a module with any delta on hooks has all its deltas on hooks. Prefix deltas
+        work inside attentions and have sites of their own (``fxdelta.prefix_sites``)."""
+        prefix = [e for e in entries if e.route is Route.PREFIX]
+        entries = [e for e in entries if e.route is not Route.PREFIX]
+        sites = self._plan_routes(entries, {e.target for e in prefix})
+        if prefix:
+            from fxdelta.prefix_sites import plan_prefix
+
+            sites += plan_prefix(self.backbone, self.modules, prefix, self.extras)
+        return sites
+
+    def _plan_routes(self, entries: Sequence[Entry], hooked_elsewhere: set[str]) -> list:
         by_target: dict[str, list[Entry]] = {}
         for e in entries:
             by_target.setdefault(e.target, []).append(e)
         pairs = [e for e in entries if e.source is not None]
         hooked = {t for t, es in by_target.items() if any(self._needs_hooks(p, es) for p in {t, *(e.reads for e in es)})}
-        # Calls that must stay real calls (never traced through): every target and source.
-        boundaries = set(by_target) | {e.source for e in pairs}
+        # Calls that must stay real calls (never traced through): every target and source, and the
+        # modules other sites hook (prefixed attentions).
+        boundaries = set(by_target) | {e.source for e in pairs} | hooked_elsewhere
         while True:  # the hooked modules only grow: this ends
             regions: dict[str, _Region] = {}
             region_of: dict[str, str] = {}

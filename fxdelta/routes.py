@@ -10,3 +10,4 @@ class Route(enum.Enum):
     OUTPUT = "output"  # h_out <- h_out + d(h_out)
     PARALLEL = "parallel"  # h_out <- h_out + d(h_in); h_in may be another module's input (a pair)
     IN_OUT = "in_out"  # h_out <- h_out + d(h_in, h_out): reweighting methods such as DoRA
+    PREFIX = "prefix"  # K, V <- [P_k; K], [P_v; V] inside an attention, its mask widened (prefix tuning)

@@ -12,7 +12,7 @@ import itertools
 import logging
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from torch import nn
 
@@ -62,6 +62,7 @@ class BackboneState:
         self.handles: list[DeltaModel] = []  # every delta model created on this backbone
         self.sites: list[GraphSite | HookSite] = []
         self.records: dict[str, CallRecord] = {}
+        self.extras: dict[str, dict] = {}  # {path: {delta_type: what that method's probe found}}
         self.hooks_needed: set[str] = set()
         self.failures: list[str] = []
         self.cache = TraceCache()
@@ -105,6 +106,16 @@ class BackboneState:
                 self.hooks_needed |= set(hooked)
                 self.records.update(hooked)
 
+    def probe(self, method: Any, targets: Sequence[str], example: Example) -> None:
+        """Run a method's own probe on the bare backbone, for targets it has not seen yet."""
+        todo = [t for t in targets if method.delta_type not in self.extras.get(t, {})]
+        if method.probe is None or not todo:
+            return
+        with self._suspended():
+            found = method.probe(self.backbone, example, todo)
+        for path, info in found.items():
+            self.extras.setdefault(path, {})[method.delta_type] = info
+
     @contextmanager
     def _suspended(self) -> Iterator[None]:
         """Take the installed sites out while observing, so the backbone runs as it was."""
@@ -125,7 +136,9 @@ class BackboneState:
         """
         new_entries = sorted(entries, key=lambda e: e.order)
         old_entries = self._active
-        planner = Planner(self.backbone, self.records, self.hooks_needed, self.cache, self.sites, self._suspended)
+        planner = Planner(
+            self.backbone, self.records, self.hooks_needed, self.cache, self.sites, self._suspended, self.extras
+        )
         planned = planner.plan(new_entries)
         current = {s.key: s for s in self.sites}
         wanted = {s.key for s in planned}

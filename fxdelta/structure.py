@@ -9,7 +9,8 @@ Vocabulary: ``attn.q``, ``attn.k``, ``attn.v`` (projections), ``attn.o`` (attent
 projection), ``ff.w1`` (FFN up/gate projections), ``ff.w2`` (FFN down projection),
 ``layer_norm`` (the norms inside each block); ``attn`` (the attention block) and ``ff`` (the
 module whose output is the FFN's output); ``ff.in`` (the one module whose input is the FFN's
-input) and ``ff.act`` (the FFN's activation, whose output is the intermediate hidden state).
+input) and ``ff.act`` (the FFN's activation, whose output is the intermediate hidden state); ``attn.self`` (the
+self-attention modules, which store keys and values: where prefixes go).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def _bert_like(q: str, k: str, v: str) -> dict[str, tuple[str, ...]]:
         "ff.w2": (block + "output\\.dense",),
         "layer_norm": (block + "(?:attention\\.)?output\\.LayerNorm",),
         "attn": (block + "attention",),
+        "attn.self": ("attention.self",),
         "ff": (block + "output",),
         "ff.in": ("intermediate.dense",),
         "ff.act": ("intermediate",),
@@ -52,6 +54,7 @@ def _bart_like(attentions: str) -> dict[str, tuple[str, ...]]:
         "ff.w2": ("fc2",),
         "layer_norm": (_P + "layers\\.\\d+\\.(?:self_attn|encoder_attn|final)_layer_norm",),
         "attn": (block,),  # the attention modules themselves
+        "attn.self": ("self_attn",),
         "ff": ("fc2",),  # no FFN module: its output is fc2's
         "ff.in": ("fc1",),
         "ff.act": (_P + "layers\\.\\d+\\.activation_fn",),
@@ -68,6 +71,7 @@ def _llama_like() -> dict[str, tuple[str, ...]]:
         "ff.w2": ("mlp.down_proj",),
         "layer_norm": ("input_layernorm", "post_attention_layernorm"),
         "attn": ("self_attn",),
+        "attn.self": ("self_attn",),
         "ff": ("mlp",),
         "ff.in": ("mlp.gate_proj",),
         "ff.act": ("mlp.act_fn",),
@@ -90,6 +94,7 @@ COMMON_STRUCTURE: dict[str, dict[str, tuple[str, ...]]] = {
         "ff.w2": ("ffn.lin2",),
         "layer_norm": ("sa_layer_norm", "output_layer_norm"),
         "attn": ("attention",),
+        "attn.self": ("attention",),
         "ff": ("ffn",),
         "ff.in": ("ffn.lin1",),
         "ff.act": ("ffn.activation",),
@@ -103,6 +108,7 @@ COMMON_STRUCTURE: dict[str, dict[str, tuple[str, ...]]] = {
         "ff.w2": ("mlp.c_proj",),
         "layer_norm": ("ln_1", "ln_2"),
         "attn": ("attn",),
+        "attn.self": ("attn",),
         "ff": ("mlp",),
         "ff.in": ("mlp.c_fc",),
         "ff.act": ("mlp.act",),
@@ -116,6 +122,7 @@ COMMON_STRUCTURE: dict[str, dict[str, tuple[str, ...]]] = {
         "ff.w2": ("DenseReluDense.wo",),
         "layer_norm": (_P + "block\\.\\d+\\.layer\\.\\d+\\.layer_norm",),
         "attn": (_T5_BLOCK,),
+        "attn.self": ("layer.0.SelfAttention",),
         "ff": ("DenseReluDense",),
         "ff.in": (_P + "DenseReluDense\\.wi(?:_0)?",),
         "ff.act": ("DenseReluDense.act",),
@@ -134,6 +141,7 @@ COMMON_STRUCTURE: dict[str, dict[str, tuple[str, ...]]] = {
         "ff.w2": ("mlp.fc2",),
         "layer_norm": ("layernorm_before", "layernorm_after"),
         "attn": (_P + "layers\\.\\d+\\.attention",),
+        "attn.self": (_P + "layers\\.\\d+\\.attention",),
         "ff": ("mlp",),
         "ff.in": ("mlp.fc1",),
         "ff.act": ("mlp.activation_fn",),

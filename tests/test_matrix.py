@@ -23,16 +23,32 @@ from invariants import (
 from zoo import ZOO
 
 # (test, model, method) -> reason; (test, None, method) covers every model. Empty: every cell passes.
-KNOWN_GAPS: dict[tuple[str, str | None, str], str] = {}
+_NO_PREFIX = {
+    "deberta-v2": "DeBERTa-v2's disentangled attention neither takes a cache nor calls a registered attention "
+    "function, so fxdelta has no place to put prefix keys/values",
+    "transformer-encoder": "nn.MultiheadAttention takes keys and values as arguments and has no cache: "
+    "prefixes for it are not implemented",
+}
+KNOWN_GAPS: dict[tuple[str | None, str | None, str], str] = {
+    **{(None, name, "prefix"): reason for name, reason in _NO_PREFIX.items()},
+}
+# Methods that cannot start as an identity: a prefix always adds keys the queries attend to.
+NO_IDENTITY_AT_INIT = {"prefix"}
+
+
+def applies(zm, method: str) -> bool:
+    """Prefixes need self-attention: not on the MLP and the CNN."""
+    return not (method == "prefix" and zm.name in ("mlp", "cnn"))
 
 
 def cells(test: str, where=lambda zm, method: True) -> list:
     """The generated matrix for one test: ``pytest.param(model, method, id="bert-lora")``."""
     out = []
     for name, method in itertools.product(ZOO, METHODS):
-        if not where(ZOO[name], method):
+        if not applies(ZOO[name], method) or not where(ZOO[name], method):
             continue
-        reason = KNOWN_GAPS.get((test, name, method)) or KNOWN_GAPS.get((test, None, method))
+        reason = next((KNOWN_GAPS[k] for k in [(test, name, method), (test, None, method), (None, name, method)]
+                       if k in KNOWN_GAPS), None)
         marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
         out.append(pytest.param(name, method, id=f"{name}-{method}", marks=marks))
     return out
@@ -51,7 +67,8 @@ def moved(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-5) -> bool:
 @pytest.mark.parametrize("name, method", cells("identity"))
 def test_identity_and_backbone_unchanged(name, method):
     p = patch(name, method)
-    assert torch.equal(p.out(), p.base), "default init must leave the output bit-identical"
+    if method not in NO_IDENTITY_AT_INIT:
+        assert torch.equal(p.out(), p.base), "default init must leave the output bit-identical"
 
     modules = dict(p.model.named_modules(remove_duplicate=False))
     for path, cls in p.types.items():
@@ -200,10 +217,12 @@ def test_save_and_load_on_fresh_backbone(name, method, tmp_path):
     p.handle.save_finetuned(folder)
 
     tensors = load_file(str(folder / "delta.safetensors"))
-    params = dict(p.handle.named_parameters())
+    params = {k: v.detach() for k, v in p.handle.named_parameters()}
+    if method == "prefix":  # trained through an MLP, saved as the prefixes it makes
+        params = {f"{e.qualified_name}.{k}": v for e in p.handle.entries for k, v in e.delta.exported_state().items()}
     assert set(tensors) == set(params), "the checkpoint must hold exactly the delta tensors"
     assert all(".deltas." in k for k in tensors)
-    assert all(torch.equal(tensors[k], params[k].detach()) for k in tensors)
+    assert all(torch.equal(tensors[k], params[k]) for k in tensors)
     meta = json.loads((folder / "delta_config.json").read_text())
     (entry,) = meta["deltas"]
     assert entry["config"]["delta_type"] == method
@@ -222,11 +241,19 @@ def test_save_and_load_on_fresh_backbone(name, method, tmp_path):
 
 # -- 3 (several deltas): several methods at once, independent in any order ------------------------
 COMBOS = {"lora+adapter+bitfit": ("lora", "adapter", "bitfit"), "dora+ia3+parallel": ("dora", "ia3", "parallel_adapter"),
-          "lowrank+compacter": ("low_rank_adapter", "compacter")}
+          "lowrank+compacter": ("low_rank_adapter", "compacter"), "prefix+lora+ia3": ("prefix", "lora", "ia3")}
 
 
-@pytest.mark.parametrize("combo", list(COMBOS))
-@pytest.mark.parametrize("name", [pytest.param(n, id=n) for n in ZOO])
+def combo_cells() -> list:
+    return [
+        pytest.param(name, combo, id=f"{name}-{combo}")
+        for combo, methods in COMBOS.items()
+        for name in ZOO
+        if all(applies(ZOO[name], m) and (None, name, m) not in KNOWN_GAPS for m in methods)
+    ]
+
+
+@pytest.mark.parametrize("name, combo", combo_cells())
 def test_methods_at_once_are_independent(name, combo):
     methods = COMBOS[combo]
     zm = ZOO[name]
@@ -237,7 +264,8 @@ def test_methods_at_once_are_independent(name, combo):
     fxdelta.compile(model, [spec(name, m) for m in methods], example_inputs=example)
     handles = fxdelta.delta_models(model)
     assert sorted(handles) == sorted(methods)
-    assert torch.equal(run(zm, model, inputs), base)
+    if not NO_IDENTITY_AT_INIT & set(methods):
+        assert torch.equal(run(zm, model, inputs), base)
     full = snapshot(model)
     for i, h in enumerate(handles.values()):
         perturb(h.parameters(), seed=i)

@@ -182,7 +182,7 @@ TORCH_TARGETS: dict[str, dict[str, list[str]]] = {
         "bitfit": ["linear1", "linear2", "norm1", "norm2"],
         "low_rank_adapter": ["linear2", "layers.0"], "compacter": ["linear2", "layers.0"],
         "parallel_adapter": ["layers.0", "layers.0", "linear1", "linear2"],
-        "ia3": ["linear1", "norm1"], "dora": ["linear1", "linear2"],
+        "ia3": ["linear1", "norm1"], "dora": ["linear1", "linear2"], "prefix": ["self_attn"],
     },
 }
 
@@ -191,4 +191,5 @@ TORCH_TARGETS: dict[str, dict[str, list[str]]] = {
 METHOD_KWARGS: dict[str, dict[str, object]] = {
     "low_rank_adapter": {"reduction_factor": 2},
     "compacter": {"reduction_factor": 2},
+    "prefix": {"embed_dim": 32, "mid_dim": 32},
 }

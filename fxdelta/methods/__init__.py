@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fxdelta.errors import ConfigError
-from fxdelta.methods import adapter, bitfit, compacter, dora, ia3, lora, low_rank_adapter, parallel_adapter
+from fxdelta.methods import adapter, bitfit, compacter, dora, ia3, lora, low_rank_adapter, parallel_adapter, prefix
 from fxdelta.methods.base import Method, TargetInfo
 from fxdelta.select import closest_names
 
@@ -16,6 +16,7 @@ METHODS: dict[str, Method] = {
     "parallel_adapter": parallel_adapter.METHOD,
     "ia3": ia3.METHOD,
     "dora": dora.METHOD,
+    "prefix": prefix.METHOD,
 }
 
 # OpenDelta's spellings of the same methods

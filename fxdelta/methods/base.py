@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,6 +25,7 @@ class TargetInfo:
     module: nn.Module
     h_in: TensorSpec | None
     h_out: TensorSpec
+    extra: dict[str, Any] = field(default_factory=dict)  # what the method's probe found
 
     @property
     def feature_axis(self) -> int:
@@ -80,6 +82,11 @@ class Method:
     can_patch: Callable[[nn.Module], str | None] = any_module  # None, or why it cannot
     needs_h_in: bool = False  # whether the method reads the module's input (sizes the delta)
     pairs: bool = False  # selectors come in (source, target) pairs: h_in read at source, added at target
+    # What a method needs to know beyond shapes (prefix tuning: each attention's heads and head size),
+    # from its own FakeTensor run: probe(backbone, example, paths) -> {path: info}, into TargetInfo.extra.
+    probe: Callable[[nn.Module, Any, list[str]], dict[str, Any]] | None = None
+    # Ties a delta's modules together once all are built (prefix tuning: one shared MLP).
+    link: Callable[..., None] | None = None
 
 
 def on_feature_axis(fn: Callable[[torch.Tensor], torch.Tensor], h: torch.Tensor, axis: int) -> torch.Tensor:
