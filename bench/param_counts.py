@@ -17,20 +17,22 @@ import transformers
 
 import fxdelta
 
-METHODS = ["lora", "dora", "adapter", "bitfit", "ia3", "low_rank_adapter", "compacter", "parallel_adapter"]
+METHODS = ["lora", "dora", "adapter", "bitfit", "ia3", "low_rank_adapter", "compacter", "parallel_adapter", "prefix"]
 MODELS = {
     "BERT-base (d 768, 12 layers, FFN 3072)": lambda: transformers.BertModel(transformers.BertConfig()),
     "GPT-2 small (d 768, 12 layers, FFN 3072)": lambda: transformers.GPT2Model(transformers.GPT2Config()),
 }
 
 
-def count(build, method: str) -> tuple[int, int, int]:
-    """(delta parameters, patched modules, backbone parameters)."""
+def count(build, method: str, merged: bool = False) -> tuple[int, int, int]:
+    """(delta parameters, patched modules, backbone parameters); ``merged``: after ``merge()``."""
     torch.manual_seed(0)
     model = build()
     backbone = sum(p.numel() for p in model.parameters())
     fxdelta.compile(model, {"delta_type": method})
     (handle,) = fxdelta.delta_models(model).values()
+    if merged:
+        handle.merge()
     return handle.num_parameters(), len(handle.targets), backbone
 
 
@@ -39,10 +41,10 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).with_name("param-counts.md")))
     args = parser.parse_args()
     lines = ["| method | " + " | ".join(MODELS) + " |", "|---" * (len(MODELS) + 1) + "|"]
-    rows = {m: [] for m in METHODS}
+    rows = {m: [] for m in METHODS + ["prefix (merged)"]}
     for name, build in MODELS.items():
-        for method in METHODS:
-            params, targets, backbone = count(build, method)
+        for method in METHODS + ["prefix (merged)"]:
+            params, targets, backbone = count(build, method.split()[0], merged="merged" in method)
             rows[method].append(f"{params:,} ({100 * params / backbone:.3f}%, {targets} modules)")
     lines += [f"| `{m}` | " + " | ".join(cells) + " |" for m, cells in rows.items()]
     text = "\n".join(lines) + "\n"

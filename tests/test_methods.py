@@ -118,17 +118,26 @@ def formula(method: str, d: int, layers: int, ff: int, **kw) -> int:
     if method == "parallel_adapter":  # around attention, and FFN input -> FFN output
         m = kw.get("bottleneck_dim", 24)
         return layers * 2 * (2 * d * m + m + d)
+    if method == "prefix":  # the reparameterization MLP: embedding, hidden layer, all layers' keys and values
+        p, e, h = kw.get("prefix_token_num", 6), kw.get("embed_dim", 512), kw.get("mid_dim", 512)
+        return p * e + e * h + h + h * (layers * 2 * d) + layers * 2 * d
+    if method == "prefix (merged)":
+        return layers * 2 * kw.get("prefix_token_num", 6) * d
     raise KeyError(method)
 
 
 @pytest.mark.parametrize(
-    "method", ["lora", "dora", "adapter", "bitfit", "ia3", "low_rank_adapter", "compacter", "parallel_adapter"]
+    "method",
+    ["lora", "dora", "adapter", "bitfit", "ia3", "low_rank_adapter", "compacter", "parallel_adapter", "prefix",
+     "prefix (merged)"],
 )
 def test_parameter_counts_follow_the_formula(method):
     torch.manual_seed(0)
     d, layers, ff = 64, 2, 128  # a miniature of BERT-base (768, 12, 3072); the README has the full sizes
     model = transformers.BertModel(transformers.BertConfig(
         vocab_size=50, hidden_size=d, num_hidden_layers=layers, num_attention_heads=4, intermediate_size=ff))
-    fxdelta.compile(model, {"delta_type": method})
+    fxdelta.compile(model, {"delta_type": method.split()[0]})
     (handle,) = fxdelta.delta_models(model).values()
+    if "merged" in method:
+        handle.merge()
     assert handle.num_parameters() == formula(method, d, layers, ff)
