@@ -17,7 +17,9 @@ import transformers
 
 import fxdelta
 
-METHODS = ["lora", "dora", "adapter", "bitfit", "ia3", "low_rank_adapter", "compacter", "parallel_adapter", "prefix"]
+METHODS = [
+    "lora", "dora", "adapter", "bitfit", "ia3", "low_rank_adapter", "compacter", "parallel_adapter", "prefix", "soft_prompt",
+]
 MODELS = {
     "BERT-base (d 768, 12 layers, FFN 3072)": lambda: transformers.BertModel(transformers.BertConfig()),
     "GPT-2 small (d 768, 12 layers, FFN 3072)": lambda: transformers.GPT2Model(transformers.GPT2Config()),

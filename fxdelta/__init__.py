@@ -32,6 +32,7 @@ from fxdelta.methods.lora import LoraConfig
 from fxdelta.methods.low_rank_adapter import LowRankAdapterConfig
 from fxdelta.methods.parallel_adapter import ParallelAdapterConfig
 from fxdelta.methods.prefix import PrefixConfig
+from fxdelta.methods.soft_prompt import SoftPromptConfig
 from fxdelta.models import (
     AdapterModel,
     BitFitModel,
@@ -42,6 +43,7 @@ from fxdelta.models import (
     LowRankAdapterModel,
     ParallelAdapterModel,
     PrefixModel,
+    SoftPromptModel,
 )
 from fxdelta.routes import Route
 from fxdelta.visualization import Visualization
@@ -53,6 +55,6 @@ __all__ = [
     "CheckpointError", "CompacterConfig", "CompacterModel", "ConfigError", "DeltaConfig", "DeltaModel",
     "DoraConfig", "DoraModel", "FxDeltaError", "IA3Config", "IA3Model", "LoraConfig", "LoraModel",
     "LowRankAdapterConfig", "LowRankAdapterModel", "NonLinearity", "ParallelAdapterConfig",
-    "ParallelAdapterModel", "PrefixConfig", "PrefixModel", "Route", "SelectorError", "StateError", "UnsupportedModelError", "Visualization",
+    "ParallelAdapterModel", "PrefixConfig", "PrefixModel", "Route", "SelectorError", "SoftPromptConfig", "SoftPromptModel", "StateError", "UnsupportedModelError", "Visualization",
     "compile", "delta_models", "load", "save", "show_graph",
 ]

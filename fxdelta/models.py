@@ -14,6 +14,7 @@ from fxdelta.methods.lora import LoraConfig
 from fxdelta.methods.low_rank_adapter import LowRankAdapterConfig
 from fxdelta.methods.parallel_adapter import ParallelAdapterConfig
 from fxdelta.methods.prefix import PrefixConfig
+from fxdelta.methods.soft_prompt import SoftPromptConfig
 
 
 class LoraModel(DeltaModel):
@@ -80,3 +81,11 @@ class PrefixModel(DeltaModel):
     positions: every self-attention. ``merge()`` folds the reparameterization MLP into the prefixes."""
 
     config_class = PrefixConfig
+
+
+class SoftPromptModel(DeltaModel):
+    """Soft prompts: learned embeddings in front of the input embeddings (of the encoder, for
+    encoder-decoders); outputs keep their shapes. Fields: see ``SoftPromptConfig`` (``soft_token_num=100,
+    init_range=0.5, token_init=True``); placed where the backbone embeds its ids (no ``modified_modules``)."""
+
+    config_class = SoftPromptConfig

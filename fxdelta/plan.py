@@ -191,12 +191,17 @@ class Planner:
         creation order: a module with any delta on hooks has all its deltas on hooks. Prefix deltas
         work inside attentions and have sites of their own (``fxdelta.prefix_sites``)."""
         prefix = [e for e in entries if e.route is Route.PREFIX]
-        entries = [e for e in entries if e.route is not Route.PREFIX]
-        sites = self._plan_routes(entries, {e.target for e in prefix})
+        prompt = [e for e in entries if e.route is Route.PROMPT]
+        routed = [e for e in entries if e.route not in (Route.PREFIX, Route.PROMPT)]
+        sites = self._plan_routes(routed, {e.target for e in prefix + prompt})
         if prefix:
             from fxdelta.prefix_sites import plan_prefix
 
             sites += plan_prefix(self.backbone, self.modules, prefix, self.extras)
+        if prompt:  # one site for every prompt: the mask and position bookkeeping needs one N
+            from fxdelta.soft_prompt_site import SoftPromptSite
+
+            sites.append(SoftPromptSite(self.backbone, prompt, self.extras[prompt[0].target]["soft_prompt"]))
         return sites
 
     def _plan_routes(self, entries: Sequence[Entry], hooked_elsewhere: set[str]) -> list:

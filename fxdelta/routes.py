@@ -11,3 +11,4 @@ class Route(enum.Enum):
     PARALLEL = "parallel"  # h_out <- h_out + d(h_in); h_in may be another module's input (a pair)
     IN_OUT = "in_out"  # h_out <- h_out + d(h_in, h_out): reweighting methods such as DoRA
     PREFIX = "prefix"  # K, V <- [P_k; K], [P_v; V] inside an attention, its mask widened (prefix tuning)
+    PROMPT = "prompt"  # inputs_embeds <- [P; embed(ids)] where the ids are embedded (soft prompts)

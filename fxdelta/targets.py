@@ -26,6 +26,8 @@ def select_targets(backbone: nn.Module, method: Method, config: DeltaConfig) -> 
     """``(source, target)`` for every module the delta patches; ``source`` is None unless it differs."""
     names = backbone_module_names(backbone)
     exclude = config.exclude_modules
+    if method.locate is not None:
+        return [(None, _located(backbone, method, config, names))]
     if method.pairs:
         pairs = [_pair(names, s, t, exclude) for s, t in _selector_pairs(backbone, method, config)]
         chosen = [(None if s == t else s, t) for group in pairs for s, t in group]
@@ -36,6 +38,16 @@ def select_targets(backbone: nn.Module, method: Method, config: DeltaConfig) -> 
     for _, t in chosen:
         _check_target(modules[t], t, method, config)
     return chosen
+
+
+def _located(backbone: nn.Module, method: Method, config: DeltaConfig, names: Sequence[str]) -> str:
+    path = method.locate(backbone)
+    if config.modified_modules is not None and select(names, config.modified_modules, config.exclude_modules) != [path]:
+        raise ConfigError(
+            f"{config.delta_type} goes where the backbone embeds its ids ({path or '<root>'}); modified_modules "
+            f"{list(config.modified_modules)} would put it elsewhere: leave modified_modules unset"
+        )
+    return path
 
 
 def _selector_pairs(backbone: nn.Module, method: Method, config: DeltaConfig) -> list[tuple[Sequence[str], Sequence[str]]]:

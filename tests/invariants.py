@@ -14,14 +14,14 @@ from torch import nn
 
 from fxdelta import (
     AdapterModel, BitFitModel, CompacterModel, DeltaModel, DoraModel, IA3Model, LoraModel, LowRankAdapterModel,
-    ParallelAdapterModel, PrefixModel,
+    ParallelAdapterModel, PrefixModel, SoftPromptModel,
 )
 from zoo import METHOD_KWARGS, TORCH_TARGETS, ZOO, ZooModel
 
 METHODS: dict[str, type[DeltaModel]] = {
     "lora": LoraModel, "adapter": AdapterModel, "bitfit": BitFitModel, "low_rank_adapter": LowRankAdapterModel,
     "compacter": CompacterModel, "parallel_adapter": ParallelAdapterModel, "ia3": IA3Model, "dora": DoraModel,
-    "prefix": PrefixModel,
+    "prefix": PrefixModel, "soft_prompt": SoftPromptModel,
 }
 LORA_LIKE = ("lora", "dora")  # methods with their own dropout (lora_dropout)
 

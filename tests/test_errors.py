@@ -11,7 +11,7 @@ from torch import nn
 import fxdelta
 from fxdelta import (
     AdapterModel, AutoDeltaConfig, AutoDeltaModel, BitFitModel, CompacterModel, ConfigError, DoraModel, LoraModel,
-    LowRankAdapterModel, ParallelAdapterModel, SelectorError, UnsupportedModelError,
+    LowRankAdapterModel, ParallelAdapterModel, PrefixModel, SelectorError, SoftPromptModel, UnsupportedModelError,
 )
 from snapshot import assert_unchanged, run, snapshot
 from zoo import ZOO
@@ -61,6 +61,10 @@ def test_lora_on_a_layer_norm(bert):
         (CompacterModel, {"learn_phm": "yes"}, "CompacterConfig.learn_phm"),
         (ParallelAdapterModel, {"bottleneck_dim": -4}, "ParallelAdapterConfig.bottleneck_dim"),
         (ParallelAdapterModel, {"scaled": 0}, "ParallelAdapterConfig.scaled"),
+        (PrefixModel, {"prefix_token_num": -3}, "PrefixConfig.prefix_token_num"),
+        (PrefixModel, {"mid_dim": 0}, "PrefixConfig.mid_dim"),
+        (SoftPromptModel, {"soft_token_num": 0}, "SoftPromptConfig.soft_token_num"),
+        (SoftPromptModel, {"token_init": "random"}, "SoftPromptConfig.token_init"),
     ],
 )
 def test_bad_hyper_parameter_names_the_field(bert, cls, kwargs, field):
@@ -209,4 +213,22 @@ def test_sizes_that_do_not_fit_the_model(bert, cls, kwargs, message):
     before = snapshot(model, inputs)
     with pytest.raises((ConfigError, SelectorError), match=message):
         cls(model, **kwargs)
+    assert_unchanged(model, before, inputs)
+
+
+@pytest.mark.parametrize(
+    "name, make, error, message",
+    [
+        ("vit", lambda m: SoftPromptModel(m), UnsupportedModelError, "soft prompt on a model without input embeddings"),
+        ("mlp", lambda m: SoftPromptModel(m), UnsupportedModelError, "soft prompt on a model without input embeddings"),
+        ("mlp", lambda m: PrefixModel(m, modified_modules=["fc1"]), SelectorError, "not a self-attention fxdelta can prefix"),
+        ("gpt2", lambda m: PrefixModel(m, modified_modules=["h.1.attn"]), ConfigError, "must cover all of its 2 self-attention"),
+    ],
+    ids=["soft-prompt-on-vit", "soft-prompt-on-mlp", "prefix-on-mlp", "prefix-on-half-a-decoder"],
+)
+def test_methods_that_need_what_the_model_lacks(name, make, error, message):
+    model, inputs = ZOO[name].build(), ZOO[name].inputs()
+    before = snapshot(model, inputs)
+    with pytest.raises(error, match=message):
+        make(model)
     assert_unchanged(model, before, inputs)

@@ -32,13 +32,18 @@ _NO_PREFIX = {
 KNOWN_GAPS: dict[tuple[str | None, str | None, str], str] = {
     **{(None, name, "prefix"): reason for name, reason in _NO_PREFIX.items()},
 }
-# Methods that cannot start as an identity: a prefix always adds keys the queries attend to.
-NO_IDENTITY_AT_INIT = {"prefix"}
+# Methods that cannot start as an identity: a prefix adds keys the queries attend to, a soft prompt tokens.
+NO_IDENTITY_AT_INIT = {"prefix", "soft_prompt"}
 
 
 def applies(zm, method: str) -> bool:
-    """Prefixes need self-attention: not on the MLP and the CNN."""
-    return not (method == "prefix" and zm.name in ("mlp", "cnn"))
+    """Prefixes need self-attention (not the MLP and the CNN); soft prompts need token embeddings (only
+    the text models of transformers have them; ViT's patches are not tokens)."""
+    if method == "prefix":
+        return zm.name not in ("mlp", "cnn")
+    if method == "soft_prompt":
+        return zm.is_hf and zm.name != "vit"
+    return True
 
 
 def cells(test: str, where=lambda zm, method: True) -> list:
@@ -241,7 +246,8 @@ def test_save_and_load_on_fresh_backbone(name, method, tmp_path):
 
 # -- 3 (several deltas): several methods at once, independent in any order ------------------------
 COMBOS = {"lora+adapter+bitfit": ("lora", "adapter", "bitfit"), "dora+ia3+parallel": ("dora", "ia3", "parallel_adapter"),
-          "lowrank+compacter": ("low_rank_adapter", "compacter"), "prefix+lora+ia3": ("prefix", "lora", "ia3")}
+          "lowrank+compacter": ("low_rank_adapter", "compacter"), "prefix+lora+ia3": ("prefix", "lora", "ia3"),
+          "soft_prompt+prefix+adapter": ("soft_prompt", "prefix", "adapter")}
 
 
 def combo_cells() -> list:

@@ -123,13 +123,15 @@ def formula(method: str, d: int, layers: int, ff: int, **kw) -> int:
         return p * e + e * h + h + h * (layers * 2 * d) + layers * 2 * d
     if method == "prefix (merged)":
         return layers * 2 * kw.get("prefix_token_num", 6) * d
+    if method == "soft_prompt":  # N soft tokens of width d
+        return kw.get("soft_token_num", 100) * d
     raise KeyError(method)
 
 
 @pytest.mark.parametrize(
     "method",
     ["lora", "dora", "adapter", "bitfit", "ia3", "low_rank_adapter", "compacter", "parallel_adapter", "prefix",
-     "prefix (merged)"],
+     "prefix (merged)", "soft_prompt"],
 )
 def test_parameter_counts_follow_the_formula(method):
     torch.manual_seed(0)

@@ -18,8 +18,9 @@ from fxdelta.state import BackboneState, DeltaContainer
 from zoo import ZOO
 
 IN, OUT = 4, 6  # the patched nn.Linear(IN, OUT): the routes need different delta shapes
-# The routes graph sites and hook sites both carry (prefixes live inside attentions: test_prefix.py).
-ROUTES = [r for r in Route if r is not Route.PREFIX]
+# The routes graph sites and hook sites both carry (prefixes and prompts have sites of their own:
+# test_prefix.py, test_soft_prompt.py).
+ROUTES = [r for r in Route if r not in (Route.PREFIX, Route.PROMPT)]
 
 
 def _delta(n_in: int, n_out: int, seed: int) -> nn.Module:

@@ -192,4 +192,5 @@ METHOD_KWARGS: dict[str, dict[str, object]] = {
     "low_rank_adapter": {"reduction_factor": 2},
     "compacter": {"reduction_factor": 2},
     "prefix": {"embed_dim": 32, "mid_dim": 32},
+    "soft_prompt": {"soft_token_num": 4},  # the zoo's learned position tables have 64 rows
 }

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fxdelta.errors import ConfigError
-from fxdelta.methods import adapter, bitfit, compacter, dora, ia3, lora, low_rank_adapter, parallel_adapter, prefix
+from fxdelta.methods import adapter, bitfit, compacter, dora, ia3, lora, low_rank_adapter, parallel_adapter, prefix, soft_prompt
 from fxdelta.methods.base import Method, TargetInfo
 from fxdelta.select import closest_names
 
@@ -17,10 +17,13 @@ METHODS: dict[str, Method] = {
     "ia3": ia3.METHOD,
     "dora": dora.METHOD,
     "prefix": prefix.METHOD,
+    "soft_prompt": soft_prompt.METHOD,
 }
 
 # OpenDelta's spellings of the same methods
-ALIASES: dict[str, str] = {"lowrankadapter": "low_rank_adapter", "parallel-adapter": "parallel_adapter", "IA3": "ia3"}
+ALIASES: dict[str, str] = {
+    "lowrankadapter": "low_rank_adapter", "parallel-adapter": "parallel_adapter", "IA3": "ia3", "soft-prompt": "soft_prompt",
+}
 
 
 def method_for(delta_type: str) -> Method:

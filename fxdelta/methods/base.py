@@ -87,6 +87,8 @@ class Method:
     probe: Callable[[nn.Module, Any, list[str]], dict[str, Any]] | None = None
     # Ties a delta's modules together once all are built (prefix tuning: one shared MLP).
     link: Callable[..., None] | None = None
+    # Methods that patch one place the method finds itself (soft prompts: where the ids are embedded).
+    locate: Callable[[nn.Module], str] | None = None
 
 
 def on_feature_axis(fn: Callable[[torch.Tensor], torch.Tensor], h: torch.Tensor, axis: int) -> torch.Tensor:
