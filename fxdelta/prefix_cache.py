@@ -16,7 +16,6 @@ Imported lazily (it subclasses transformers' ``Cache``): ``import fxdelta`` stay
 
 from __future__ import annotations
 
-import inspect
 import sys
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -138,23 +137,6 @@ def widen_mask(mask: Any, length: int) -> Any:
     fill = True if mask.dtype == torch.bool else 0.0
     pad = torch.full((*mask.shape[:-1], length), fill, dtype=mask.dtype, device=mask.device)
     return torch.cat([pad, mask], dim=-1)
-
-
-def as_kwargs(signature: inspect.Signature, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-    """``(args, kwargs)`` with every parameter but a leading positional one addressable by name."""
-    if len(args) <= 1:
-        return args, dict(kwargs)
-    bound = signature.bind_partial(*args, **kwargs)
-    out: dict[str, Any] = {}
-    for name, value in bound.arguments.items():
-        kind = signature.parameters[name].kind
-        if kind is inspect.Parameter.VAR_KEYWORD:
-            out.update(value)
-        elif kind is inspect.Parameter.VAR_POSITIONAL:
-            raise TypeError(f"fxdelta: prefix hooks cannot rebind *{name}")
-        else:
-            out[name] = value
-    return (), out
 
 
 # -- attention modules without a cache argument: intercept their attention function ---------------

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
+from fxdelta.call_args import by_name
 from fxdelta.errors import SelectorError, UnsupportedModelError
 from fxdelta.examples import Example
 from fxdelta.observe import _fake, _restored
@@ -85,7 +86,7 @@ def _run(backbone: nn.Module, example: Example, install) -> None:
 
 
 def probe_attention(backbone: nn.Module, example: Example, paths: list[str]) -> dict[str, AttentionGeometry]:
-    from fxdelta.prefix_cache import as_kwargs, intercept, make_view
+    from fxdelta.prefix_cache import intercept, make_view
 
     modules = dict(backbone.named_modules())
     recorders = {p: _Recorder() for p in paths}
@@ -97,7 +98,7 @@ def probe_attention(backbone: nn.Module, example: Example, paths: list[str]) -> 
                 sig = inspect.signature(module.forward)
 
                 def pre(m, args, kwargs, rec=rec, sig=sig):
-                    args, kw = as_kwargs(sig, args, kwargs)
+                    args, kw = by_name(sig, args, kwargs, keep_first=True)
                     kw["past_key_values"] = make_view(kw.get("past_key_values"), rec, False)
                     return args, kw
 
@@ -135,7 +136,7 @@ def probe_attention(backbone: nn.Module, example: Example, paths: list[str]) -> 
 
 
 def _stack_layers(backbone: nn.Module, example: Example, stacks: list[str]) -> dict[str, frozenset[int]]:
-    from fxdelta.prefix_cache import as_kwargs, make_view
+    from fxdelta.prefix_cache import make_view
 
     modules = dict(backbone.named_modules())
     recorders = {s: _Recorder() for s in stacks}
@@ -147,7 +148,7 @@ def _stack_layers(backbone: nn.Module, example: Example, stacks: list[str]) -> d
             encdec = bool(getattr(getattr(module, "config", None), "is_encoder_decoder", False))
 
             def pre(m, args, kwargs, rec=rec, sig=sig, encdec=encdec):
-                args, kw = as_kwargs(sig, args, kwargs)
+                args, kw = by_name(sig, args, kwargs, keep_first=True)
                 kw["past_key_values"] = make_view(kw.get("past_key_values"), rec, encdec)
                 return args, kw
 

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fxdelta.call_args import by_name
 from fxdelta.entries import Entry
 from fxdelta.errors import ConfigError
 
@@ -54,9 +55,9 @@ class PrefixAttentionSite:
         return torch.cat([k for k, _ in parts], dim=-2), torch.cat([v for _, v in parts], dim=-2)
 
     def _pre_hook(self, module: nn.Module, args: tuple, kwargs: dict):
-        from fxdelta.prefix_cache import PrefixView, as_kwargs, widen_mask
+        from fxdelta.prefix_cache import PrefixView, widen_mask
 
-        args, kw = as_kwargs(self._signature, args, kwargs)
+        args, kw = by_name(self._signature, args, kwargs, keep_first=True)
         if kw.get("past_key_values") is None:
             kw["past_key_values"] = PrefixView(None, self)
             if not self.geometry.causal and self._mask_name:
@@ -115,9 +116,9 @@ class PrefixStackSite:
         return self.layers[layer_idx].kv(layer_idx, key, value)
 
     def _pre_hook(self, module: nn.Module, args: tuple, kwargs: dict):
-        from fxdelta.prefix_cache import as_kwargs, make_view, new_cache, widen_mask
+        from fxdelta.prefix_cache import make_view, new_cache, widen_mask
 
-        args, kw = as_kwargs(self._signature, args, kwargs)
+        args, kw = by_name(self._signature, args, kwargs, keep_first=True)
         real = kw.get("past_key_values")
         use_cache = kw.get("use_cache")
         if use_cache is None:

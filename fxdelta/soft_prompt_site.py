@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fxdelta.call_args import by_name
 from fxdelta.entries import Entry
 from fxdelta.errors import FxDeltaError
 
@@ -32,23 +33,6 @@ from fxdelta.errors import FxDeltaError
 def _cat_left(t: torch.Tensor, n: int, value: Any) -> torch.Tensor:
     pad = torch.full((*t.shape[:-1], n), value, dtype=t.dtype, device=t.device)
     return torch.cat([pad, t], dim=-1)
-
-
-def _bind(signature: inspect.Signature, args: tuple, kwargs: dict) -> dict:
-    """Every argument by name (GPT2LMHeadModel passes input_ids positionally)."""
-    if not args:
-        return dict(kwargs)
-    bound = signature.bind_partial(*args, **kwargs)
-    out: dict[str, Any] = {}
-    for name, value in bound.arguments.items():
-        kind = signature.parameters[name].kind
-        if kind is inspect.Parameter.VAR_KEYWORD:
-            out.update(value)
-        elif kind is inspect.Parameter.VAR_POSITIONAL:
-            raise FxDeltaError(f"fxdelta: soft prompts cannot rebind *{name}")
-        else:
-            out[name] = value
-    return out
 
 
 def _sliced(length: int, past: int, new: int, n: int) -> FxDeltaError:
@@ -87,7 +71,7 @@ class SoftPromptSite:
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)  # (B, N, d)
 
     def _pre_hook(self, module: nn.Module, args: tuple, kwargs: dict):
-        kw = _bind(self._signature, args, kwargs)
+        _, kw = by_name(self._signature, args, kwargs)
         n, site = self.length, self.site
         ids, embeds = kw.get("input_ids"), kw.get("inputs_embeds")
         new = (ids if ids is not None else embeds).shape[1]
@@ -155,7 +139,7 @@ class SoftPromptSite:
         return (args[0][:, n:], *args[1:]) if n else None
 
     def _decoder_pre_hook(self, module: nn.Module, args: tuple, kwargs: dict):
-        kw = _bind(self._decoder_signature, args, kwargs)
+        _, kw = by_name(self._decoder_signature, args, kwargs)
         states, mask = kw.get("encoder_hidden_states"), kw.get("encoder_attention_mask")
         if states is not None and mask is not None and mask.ndim == 2 and mask.shape[-1] == states.shape[1] - self.length:
             kw["encoder_attention_mask"] = _cat_left(mask, self.length, 1)
