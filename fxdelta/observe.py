@@ -143,7 +143,7 @@ def _capture(args: tuple, kwargs: Mapping[str, Any], out: Any, first_param: str 
 
 
 @contextlib.contextmanager
-def _restored(model: nn.Module) -> Iterator[None]:
+def restored_after(model: nn.Module) -> Iterator[None]:
     """Undo whatever a forward pass wrote into the model (flags, attributes, buffers, params)."""
     saved = [
         (m, dict(m.__dict__), dict(m._parameters), dict(m._buffers), dict(m._modules)) for m in model.modules()
@@ -159,13 +159,13 @@ def _restored(model: nn.Module) -> Iterator[None]:
             m.__dict__.update(attrs)
 
 
-def _fake(value: Any, mode: FakeTensorMode) -> Any:
+def as_fake(value: Any, mode: FakeTensorMode) -> Any:
     if isinstance(value, torch.Tensor):
         return mode.from_tensor(value)
     if isinstance(value, (tuple, list)):
-        return type(value)(_fake(v, mode) for v in value)
+        return type(value)(as_fake(v, mode) for v in value)
     if isinstance(value, dict):
-        return {k: _fake(v, mode) for k, v in value.items()}
+        return {k: as_fake(v, mode) for k, v in value.items()}
     return value
 
 
@@ -199,7 +199,7 @@ def observe(
         return forward
 
     failure = None
-    with _restored(backbone):
+    with restored_after(backbone):
         handles = []
         try:
             for path in paths:
@@ -209,7 +209,7 @@ def observe(
                 handles.append(modules[path].register_forward_hook(lambda *_: None))
             backbone.eval()
             with FakeTensorMode(allow_non_fake_inputs=True) as mode, torch.no_grad():
-                backbone(*_fake(example.args, mode), **_fake(example.kwargs, mode))
+                backbone(*as_fake(example.args, mode), **as_fake(example.kwargs, mode))
         except Exception as e:  # any failure only means less information; the caller decides
             failure = f"{type(e).__name__}: {e}"
             logger.info("fxdelta: FakeTensor observation of %s failed: %s", type(backbone).__name__, failure)

@@ -20,7 +20,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from fxdelta.call_args import by_name
 from fxdelta.errors import SelectorError, UnsupportedModelError
 from fxdelta.examples import Example
-from fxdelta.observe import _fake, _restored
+from fxdelta.observe import as_fake, restored_after
 from fxdelta.plan import parent_paths
 
 
@@ -74,12 +74,12 @@ def find_stack(backbone: nn.Module, path: str) -> str | None:
 
 def _run(backbone: nn.Module, example: Example, install) -> None:
     undo: list = []
-    with _restored(backbone):
+    with restored_after(backbone):
         try:
             install(undo)
             backbone.eval()
             with FakeTensorMode(allow_non_fake_inputs=True) as mode, torch.no_grad():
-                backbone(*_fake(example.args, mode), **_fake(example.kwargs, mode))
+                backbone(*as_fake(example.args, mode), **as_fake(example.kwargs, mode))
         finally:
             for u in reversed(undo):
                 u()
