@@ -7,7 +7,8 @@
 
 OpenDelta-style classes work too: ``LoraModel(backbone_model=model)``, ``AdapterModel``,
 ``BitFitModel``, ``LowRankAdapterModel``, ``CompacterModel``, ``ParallelAdapterModel``, ``IA3Model``,
-``DoraModel``, ``AutoDeltaConfig``, ``AutoDeltaModel``, ``Visualization``.
+``DoraModel``, ``PrefixModel``, ``SoftPromptModel``, ``AutoDeltaConfig``, ``AutoDeltaModel``,
+``Visualization``.
 """
 
 from fxdelta.api import compile, delta_models, load, save, show_graph
