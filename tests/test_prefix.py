@@ -8,6 +8,7 @@ from transformers.cache_utils import DynamicCache
 import fxdelta
 from fxdelta import ConfigError, PrefixModel, SelectorError
 from fxdelta.state import BackboneState
+from padding import assert_padded_row_equals_row_alone, padded_mask
 from zoo import ZOO
 
 P = 3
@@ -31,18 +32,13 @@ def oracle_cache(model, handle, batch):
     return cache
 
 
-def padded(batch, seq, lengths, left):
-    rows = [torch.arange(seq) >= seq - n if left else torch.arange(seq) < n for n in lengths]
-    return torch.stack(rows).long()
-
-
 @pytest.mark.parametrize("name", ["gpt2", "llama"])
 @pytest.mark.parametrize("padding", ["none", "left", "right"])
 def test_equals_the_model_given_the_prefix_as_past_key_values(name, padding):
     zm, model, handle = prefixed(name)
     ids = torch.randint(3, 64, (2, 6), generator=torch.Generator().manual_seed(1))
-    mask = {"none": torch.ones(2, 6, dtype=torch.long), "left": padded(2, 6, [6, 3], True),
-            "right": padded(2, 6, [6, 4], False)}[padding]
+    mask = {"none": torch.ones(2, 6, dtype=torch.long), "left": padded_mask([6, 3], 6, left=True),
+            "right": padded_mask([6, 4], 6, left=False)}[padding]
     with torch.no_grad():
         got = model(input_ids=ids, attention_mask=mask).logits
         handle.detach()
@@ -56,20 +52,7 @@ def test_equals_the_model_given_the_prefix_as_past_key_values(name, padding):
 def test_padded_rows_equal_the_rows_alone(name, left):
     zm, model, handle = prefixed(name)
     ids = torch.randint(3, 64, (2, 6), generator=torch.Generator().manual_seed(2))
-    mask = padded(2, 6, [6, 4], left)
-    keep = mask[1].bool()
-    extra, extra_alone = {}, {}
-    if name == "t5":
-        extra = {"decoder_input_ids": ids[:, :3]}
-        extra_alone = {"decoder_input_ids": ids[1:, :3]}
-    elif left:  # decoders number left-padded tokens from their first real one, as generate() does
-        extra = {"position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
-        extra_alone = {"position_ids": torch.arange(int(keep.sum())).unsqueeze(0)}
-    with torch.no_grad():
-        both = zm.run(model, {"input_ids": ids, "attention_mask": mask, **extra})
-        alone = zm.run(model, {"input_ids": ids[1:, keep], **extra_alone})
-    row = both[1] if name == "t5" else both[1, keep]
-    torch.testing.assert_close(row, alone[0], atol=1e-5, rtol=1e-5)
+    assert_padded_row_equals_row_alone(zm, model, ids, padded_mask([6, 4], 6, left), left)
 
 
 @pytest.mark.parametrize("name", ["gpt2", "llama", "qwen2", "opt", "t5", "bart"])
@@ -79,7 +62,7 @@ def test_generate_with_and_without_cache(name):
         for p in handle.parameters():
             p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(3)))
     ids = torch.randint(3, 64, (2, 5), generator=torch.Generator().manual_seed(4))
-    kw = dict(input_ids=ids, attention_mask=padded(2, 5, [5, 3], left=not model.config.is_encoder_decoder),
+    kw = dict(input_ids=ids, attention_mask=padded_mask([5, 3], 5, left=not model.config.is_encoder_decoder),
               max_new_tokens=6, min_new_tokens=6, do_sample=False, return_dict_in_generate=True, output_scores=True)
     with torch.no_grad():
         cached, uncached = model.generate(**kw, use_cache=True), model.generate(**kw, use_cache=False)

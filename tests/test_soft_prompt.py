@@ -6,6 +6,7 @@ import torch
 
 import fxdelta
 from fxdelta import FxDeltaError, PrefixModel, SoftPromptModel, UnsupportedModelError
+from padding import assert_padded_row_equals_row_alone, padded_mask
 from zoo import ZOO
 
 N = 4
@@ -25,8 +26,7 @@ def soft(handle, batch):
 
 def ids_and_mask(left, lengths=(6, 4), seed=1):
     ids = torch.randint(3, 64, (2, 6), generator=torch.Generator().manual_seed(seed))
-    rows = [torch.arange(6) >= 6 - n if left else torch.arange(6) < n for n in lengths]
-    return ids, torch.stack(rows).long()
+    return ids, padded_mask(lengths, 6, left)
 
 
 @pytest.mark.parametrize("name", ["gpt2", "llama", "opt", "bert", "roberta", "distilbert", "t5", "bart"])
@@ -50,18 +50,7 @@ def test_equals_the_model_given_the_prompt_as_inputs_embeds(name):
 def test_padded_rows_equal_the_rows_alone(name, left):
     zm, model, handle = prompted(name)
     ids, mask = ids_and_mask(left)
-    keep = mask[1].bool()
-    extra, extra_alone = {}, {}
-    if model.config.is_encoder_decoder:
-        extra, extra_alone = {"decoder_input_ids": ids[:, :3]}, {"decoder_input_ids": ids[1:, :3]}
-    elif left:  # decoders number left-padded tokens from their first real one, as generate() does
-        extra = {"position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
-        extra_alone = {"position_ids": torch.arange(int(keep.sum())).unsqueeze(0)}
-    with torch.no_grad():
-        both = zm.run(model, {"input_ids": ids, "attention_mask": mask, **extra})
-        alone = zm.run(model, {"input_ids": ids[1:, keep], **extra_alone})
-    row = both[1] if model.config.is_encoder_decoder else both[1, keep]
-    torch.testing.assert_close(row, alone[0], atol=1e-5, rtol=1e-5)
+    assert_padded_row_equals_row_alone(zm, model, ids, mask, left)
 
 
 @pytest.mark.parametrize("name", ["gpt2", "llama", "opt", "t5", "bart"])
