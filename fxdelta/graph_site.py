@@ -48,10 +48,12 @@ def opaque_graph(module: nn.Module) -> fx.Graph:
     """``def forward(<module's parameters>): return self.original(<same>)``."""
     graph = fx.Graph()
     args, kwargs = [], {}
-    for p in list(inspect.signature(module.forward).parameters.values()):
-        default = () if p.default is inspect.Parameter.empty else (p.default,)
-        node = graph.placeholder(p.name, default_value=default[0] if default else inspect.Signature.empty)
-        (kwargs.__setitem__(p.name, node) if p.kind is p.KEYWORD_ONLY else args.append(node))
+    for p in inspect.signature(module.forward).parameters.values():
+        node = graph.placeholder(p.name, default_value=p.default)  # Parameter.empty: no default
+        if p.kind is p.KEYWORD_ONLY:
+            kwargs[p.name] = node
+        else:
+            args.append(node)
     graph.output(graph.call_module(ORIGINAL, tuple(args), kwargs))
     return graph
 

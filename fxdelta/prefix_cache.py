@@ -111,16 +111,6 @@ def make_view(real: Cache | None, source: PrefixSource, encoder_decoder: bool) -
     return view
 
 
-def real_cache(view: Cache) -> Cache | None:
-    """The caller's cache behind a view made by ``make_view``."""
-    if isinstance(view, PrefixView):
-        return view.inner
-    inner = view.self_attention_cache.inner
-    if inner is None:
-        return None
-    return EncoderDecoderCache(inner, view.cross_attention_cache)
-
-
 def new_cache(config: Any, encoder_decoder: bool) -> Cache:
     """The cache a stack would have created for itself when asked to cache and given none."""
     if encoder_decoder:

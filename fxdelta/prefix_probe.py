@@ -22,6 +22,7 @@ from fxdelta.errors import SelectorError, UnsupportedModelError
 from fxdelta.examples import Example
 from fxdelta.observe import as_fake, restored_after
 from fxdelta.plan import parent_paths
+from fxdelta.prefix_cache import intercept, make_view
 
 
 @dataclass(frozen=True)
@@ -86,8 +87,6 @@ def _run(backbone: nn.Module, example: Example, install) -> None:
 
 
 def probe_attention(backbone: nn.Module, example: Example, paths: list[str]) -> dict[str, AttentionGeometry]:
-    from fxdelta.prefix_cache import intercept, make_view
-
     modules = dict(backbone.named_modules())
     recorders = {p: _Recorder() for p in paths}
 
@@ -136,8 +135,6 @@ def probe_attention(backbone: nn.Module, example: Example, paths: list[str]) -> 
 
 
 def _stack_layers(backbone: nn.Module, example: Example, stacks: list[str]) -> dict[str, frozenset[int]]:
-    from fxdelta.prefix_cache import make_view
-
     modules = dict(backbone.named_modules())
     recorders = {s: _Recorder() for s in stacks}
 

@@ -11,6 +11,7 @@
 - ``PrefixRefreshSite``: reparameterized prefixes are computed once per backbone forward.
 
 Several prefix deltas on one attention are concatenated in creation order (total P = sum).
+Imported only when a prefix is planned (``fxdelta.prefix_cache`` imports transformers).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from torch import nn
 from fxdelta.call_args import by_name
 from fxdelta.entries import Entry
 from fxdelta.errors import ConfigError
+from fxdelta.prefix_cache import PrefixView, intercept, make_view, new_cache, widen_mask
 
 _MASK_NAMES = ("attention_mask", "mask")  # T5 calls it ``mask``
 
@@ -55,8 +57,6 @@ class PrefixAttentionSite:
         return torch.cat([k for k, _ in parts], dim=-2), torch.cat([v for _, v in parts], dim=-2)
 
     def _pre_hook(self, module: nn.Module, args: tuple, kwargs: dict):
-        from fxdelta.prefix_cache import PrefixView, widen_mask
-
         args, kw = by_name(self._signature, args, kwargs, keep_first=True)
         if kw.get("past_key_values") is None:
             kw["past_key_values"] = PrefixView(None, self)
@@ -65,8 +65,6 @@ class PrefixAttentionSite:
         return args, kw
 
     def _intercepted(self, key, value, mask):
-        from fxdelta.prefix_cache import widen_mask
-
         pk, pv = self.kv(None, key, value)
         return torch.cat([pk, key], dim=-2), torch.cat([pv, value], dim=-2), widen_mask(mask, self.length)
 
@@ -76,8 +74,6 @@ class PrefixAttentionSite:
         if self.geometry.uses_cache:
             self._handles = [self.module.register_forward_pre_hook(self._pre_hook, with_kwargs=True)]
         else:
-            from fxdelta.prefix_cache import intercept
-
             self._restore = intercept(self.module, self._intercepted)
 
     def uninstall(self) -> None:
@@ -116,8 +112,6 @@ class PrefixStackSite:
         return self.layers[layer_idx].kv(layer_idx, key, value)
 
     def _pre_hook(self, module: nn.Module, args: tuple, kwargs: dict):
-        from fxdelta.prefix_cache import make_view, new_cache, widen_mask
-
         args, kw = by_name(self._signature, args, kwargs, keep_first=True)
         real = kw.get("past_key_values")
         use_cache = kw.get("use_cache")
