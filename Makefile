@@ -30,6 +30,7 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/run.py
+	$(PY) bench/attach_cycles.py --out bench/attach-cycles.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -19,10 +19,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import fxdelta  # noqa: E402
-from fxdelta.graph_site import GraphSite  # noqa: E402
-from fxdelta.hooks import HookSite  # noqa: E402
-from fxdelta.plan import Planner  # noqa: E402
-from fxdelta.state import BackboneState  # noqa: E402
+from fxdelta.sites.graph import GraphSite  # noqa: E402
+from fxdelta.sites.base import HookedSite  # noqa: E402
+from fxdelta.compiler.plan import Planner  # noqa: E402
+from fxdelta.compiler.state import BackboneState  # noqa: E402
 from report import Row, document, load_average, table  # noqa: E402
 from timing import interleaved, per_round, summarize, timed_methods  # noqa: E402
 from workloads import (ADAPTER, BITFIT, FORWARD_VARIANTS, LORA, TRAIN_VARIANTS, Workload,  # noqa: E402
@@ -53,7 +53,7 @@ COMPILE_PARTS = {
     "observe": (BackboneState, "observe"),
     "plan": (Planner, "plan"),
     "install": (GraphSite, "install"),
-    "install hooks": (HookSite, "install"),
+    "install hooks": (HookedSite, "install"),
 }
 
 

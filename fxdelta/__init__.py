@@ -5,16 +5,13 @@
     fxdelta.save(model, "my-delta")                                # only the delta tensors
     fxdelta.load(fresh_model, "my-delta")
 
-OpenDelta-style classes work too: ``LoraModel(backbone_model=model)``, ``AdapterModel``,
-``BitFitModel``, ``LowRankAdapterModel``, ``CompacterModel``, ``ParallelAdapterModel``, ``IA3Model``,
-``DoraModel``, ``PrefixModel``, ``SoftPromptModel``, ``AutoDeltaConfig``, ``AutoDeltaModel``,
-``Visualization``.
+OpenDelta-style classes work too: one per method, named after its config (``LoraModel`` for
+``LoraConfig``, ``AdapterModel``, ``BitFitModel``, ...; ``fxdelta.METHOD_CLASSES`` lists them),
+plus ``AutoDeltaConfig``, ``AutoDeltaModel`` and ``Visualization``.
 """
 
 from fxdelta.api import compile, delta_models, load, save, show_graph
-from fxdelta.auto import AutoDeltaConfig, AutoDeltaModel
-from fxdelta.config import DeltaConfig
-from fxdelta.errors import (
+from fxdelta.core.errors import (
     CheckpointError,
     ConfigError,
     FxDeltaError,
@@ -22,40 +19,26 @@ from fxdelta.errors import (
     StateError,
     UnsupportedModelError,
 )
-from fxdelta.handle import DeltaModel
+from fxdelta.core.routes import Route
+from fxdelta.deltas.auto import AutoDeltaConfig, AutoDeltaModel
+from fxdelta.deltas.classes import MODEL_CLASSES
+from fxdelta.deltas.handle import DeltaModel
+from fxdelta.inspect.tree import Visualization
 from fxdelta.methods.activations import NonLinearity
-from fxdelta.methods.adapter import AdapterConfig
-from fxdelta.methods.bitfit import BitFitConfig
-from fxdelta.methods.compacter import CompacterConfig
-from fxdelta.methods.dora import DoraConfig
-from fxdelta.methods.ia3 import IA3Config
-from fxdelta.methods.lora import LoraConfig
-from fxdelta.methods.low_rank_adapter import LowRankAdapterConfig
-from fxdelta.methods.parallel_adapter import ParallelAdapterConfig
-from fxdelta.methods.prefix import PrefixConfig
-from fxdelta.methods.soft_prompt import SoftPromptConfig
-from fxdelta.models import (
-    AdapterModel,
-    BitFitModel,
-    CompacterModel,
-    DoraModel,
-    IA3Model,
-    LoraModel,
-    LowRankAdapterModel,
-    ParallelAdapterModel,
-    PrefixModel,
-    SoftPromptModel,
-)
-from fxdelta.routes import Route
-from fxdelta.visualization import Visualization
+from fxdelta.methods.registry import METHODS
+from fxdelta.spec.config import DeltaConfig
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "AdapterConfig", "AdapterModel", "AutoDeltaConfig", "AutoDeltaModel", "BitFitConfig", "BitFitModel",
-    "CheckpointError", "CompacterConfig", "CompacterModel", "ConfigError", "DeltaConfig", "DeltaModel",
-    "DoraConfig", "DoraModel", "FxDeltaError", "IA3Config", "IA3Model", "LoraConfig", "LoraModel",
-    "LowRankAdapterConfig", "LowRankAdapterModel", "NonLinearity", "ParallelAdapterConfig",
-    "ParallelAdapterModel", "PrefixConfig", "PrefixModel", "Route", "SelectorError", "SoftPromptConfig", "SoftPromptModel", "StateError", "UnsupportedModelError", "Visualization",
-    "compile", "delta_models", "load", "save", "show_graph",
-]
+# The per-method names, generated from the registry: LoraModel / LoraConfig, AdapterModel / AdapterConfig, ...
+METHOD_CLASSES: dict[str, type] = {
+    **{cls.__name__: cls for cls in MODEL_CLASSES.values()},
+    **{m.config.__name__: m.config for m in METHODS.values()},
+}
+globals().update(METHOD_CLASSES)
+
+__all__ = sorted([
+    "AutoDeltaConfig", "AutoDeltaModel", "CheckpointError", "ConfigError", "DeltaConfig", "DeltaModel",
+    "FxDeltaError", "NonLinearity", "Route", "SelectorError", "StateError", "UnsupportedModelError",
+    "Visualization", "compile", "delta_models", "load", "save", "show_graph", *METHOD_CLASSES,
+])

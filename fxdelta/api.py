@@ -10,12 +10,15 @@ from typing import Any
 
 from torch import nn
 
-from fxdelta import checkpoint, report
-from fxdelta.auto import AutoDeltaConfig, discard, load_deltas
-from fxdelta.config import DeltaConfig
-from fxdelta.errors import ConfigError
-from fxdelta.handle import DeltaModel, model_class_for
-from fxdelta.state import BackboneState
+from fxdelta.compiler.state import BackboneState
+from fxdelta.core.errors import ConfigError
+from fxdelta.deltas.classes import model_class_for
+from fxdelta.deltas.handle import DeltaModel, discard
+from fxdelta.deltas.loading import load_deltas
+from fxdelta.inspect import graphs
+from fxdelta.io import checkpoint
+from fxdelta.methods.registry import config_from_dict
+from fxdelta.spec.config import DeltaConfig
 
 Spec = DeltaConfig | Mapping[str, Any] | Sequence[DeltaConfig | Mapping[str, Any]] | str | os.PathLike
 
@@ -33,7 +36,7 @@ def _configs(spec: Spec) -> list[DeltaConfig]:
         spec = [spec]
     if not isinstance(spec, Sequence) or not spec:
         raise ConfigError("a delta spec is a dict (one delta), a non-empty list of dicts, or a path to a JSON file of either")
-    return [s if isinstance(s, DeltaConfig) else AutoDeltaConfig.from_dict(s) for s in spec]
+    return [s if isinstance(s, DeltaConfig) else config_from_dict(s) for s in spec]
 
 
 def compile(backbone: nn.Module, spec: Spec, *, example_inputs: Any = None, hooks_only: bool = False) -> nn.Module:
@@ -61,7 +64,7 @@ def compile(backbone: nn.Module, spec: Spec, *, example_inputs: Any = None, hook
 def delta_models(backbone: nn.Module) -> dict[str, DeltaModel]:
     """Every delta model created on ``backbone`` (attached or not), by name."""
     state = BackboneState.find(backbone)
-    return {h.name: h for h in state.handles} if state else {}
+    return {h.name: h for h in state.handles if isinstance(h, DeltaModel)} if state else {}
 
 
 def save(backbone: nn.Module, directory: str | os.PathLike) -> None:
@@ -85,4 +88,4 @@ def load(backbone: nn.Module, directory: str | os.PathLike, **options: Any) -> n
 
 def show_graph(backbone: nn.Module, path: str, *, file: Any = None) -> None:
     """Print the rewritten fx graph (code and node list) of the site carrying the delta on ``path``."""
-    report.show_graph(backbone, path, file=file)
+    graphs.show_graph(backbone, path, file=file)

@@ -15,22 +15,9 @@ from pathlib import Path
 
 import torch
 
-VOCAB, SEQ = 100, 12
+from fxdelta.methods.registry import METHODS
 
-# Small settings for the demo's small BERT (hidden 64); every other field keeps its default.
-SPECS = {
-    "lora": {"lora_r": 4, "lora_alpha": 8},
-    "dora": {"lora_r": 4, "lora_alpha": 8},
-    "adapter": {"bottleneck_dim": 16},
-    "parallel_adapter": {"bottleneck_dim": 16},
-    "low_rank_adapter": {"reduction_factor": 8},
-    "compacter": {"reduction_factor": 8},
-    "bitfit": {},
-    "ia3": {},
-    "prefix": {"prefix_token_num": 4, "embed_dim": 64, "mid_dim": 64},
-    "soft_prompt": {"soft_token_num": 8},
-}
-STARTS_AS_IDENTITY = set(SPECS) - {"prefix", "soft_prompt"}
+VOCAB, SEQ = 100, 12
 
 
 def _backbone(seed: int = 0):
@@ -63,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=150)
-    parser.add_argument("--method", choices=sorted(SPECS), default="lora")
+    parser.add_argument("--method", choices=sorted(METHODS), default="lora")
     parser.add_argument("--out", default="demo-output", help="where the trimmed checkpoint is written")
     args = parser.parse_args(argv)
     console = Console()
@@ -72,14 +59,15 @@ def main(argv: list[str] | None = None) -> int:
 
     console.rule("[bold]1. compile the delta onto the backbone")
     model = _backbone()
-    spec = {"delta_type": args.method, **SPECS[args.method]}
+    method = METHODS[args.method]
+    spec = {"delta_type": args.method, **method.small}  # settings for the small BERT (hidden 64)
     console.print(f"spec: {spec}  (default positions for the BERT family)")
     before = model(input_ids=test_ids).logits.detach()
     fxdelta.compile(model, spec)
     delta = next(iter(fxdelta.delta_models(model).values()))
     same = torch.equal(model(input_ids=test_ids).logits, before)
     console.print(f"{len(delta.targets)} modules patched; output unchanged at init: {same}"
-                  + ("" if args.method in STARTS_AS_IDENTITY else " (this method cannot start as an identity)"))
+                  + ("" if method.identity_at_init else " (this method cannot start as an identity)"))
     delta.freeze_module(exclude=["deltas", "classifier"])  # train the delta and the new task head
 
     console.rule("[bold]2. train with an ordinary PyTorch loop")
@@ -118,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     fresh = fxdelta.load(_backbone(), out)
     identical = torch.equal(fresh(input_ids=test_ids).logits, model(input_ids=test_ids).logits)
     console.print(f"fresh backbone + checkpoint reproduces the trained outputs exactly: [bold]{identical}[/bold]")
-    return 0 if (same or args.method not in STARTS_AS_IDENTITY) and identical else 1
+    return 0 if (same or not method.identity_at_init) and identical else 1
 
 
 if __name__ == "__main__":

@@ -117,6 +117,35 @@ def floors(graph: dict[str, set[str]]) -> int:
     return max((height(v) for v in edges), default=0)
 
 
+def folder_of(module: str) -> str:
+    """``fxdelta.compiler.plan`` -> ``fxdelta.compiler``; top-level files (``fxdelta.api``) are their own."""
+    parts = module.split(".")
+    return ".".join(parts[:2])
+
+
+def folder_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """The import graph between folders (and top-level files), without edges inside one folder."""
+    out: dict[str, set[str]] = {}
+    for m, targets in graph.items():
+        out.setdefault(folder_of(m), set()).update(folder_of(t) for t in targets if folder_of(t) != folder_of(m))
+    for targets in list(out.values()):
+        for t in targets:
+            out.setdefault(t, set())
+    return out
+
+
+def longest_chain(graph: dict[str, set[str]]) -> list[str]:
+    """One longest import chain (the graph must have no circle)."""
+    best: dict[str, list[str]] = {}
+
+    def chain(v: str) -> list[str]:
+        if v not in best:
+            best[v] = [v, *max((chain(w) for w in graph[v]), key=len, default=[])]
+        return best[v]
+
+    return max((chain(v) for v in graph), key=len, default=[])
+
+
 def main(argv: list[str]) -> int:
     root = Path(argv[1]) if len(argv) > 1 else Path(__file__).resolve().parents[1]
     graph = import_graph(root)
@@ -124,6 +153,10 @@ def main(argv: list[str]) -> int:
     print(f"files: {len(graph)}, floors: {floors(graph)}, circles: {len(found)}")
     for circle in found:
         print("  circle:", ", ".join(circle))
+    if not found:
+        print("  longest chain:", " -> ".join(longest_chain(graph)))
+        folders = folder_graph(graph)
+        print(f"folders and top-level files: {len(folders)}, floors: {floors(folders)}, circles: {len(circles(folders))}")
     return 0
 
 

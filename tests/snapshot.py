@@ -6,7 +6,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fxdelta.state import BackboneState
+from fxdelta.compiler.state import BackboneState
 
 
 @dataclass

@@ -11,8 +11,9 @@ import torch
 
 import fxdelta
 from fxdelta import LoraConfig
-from fxdelta.report import graph_nodes, to_networkx
-from fxdelta.state import BackboneState
+from fxdelta.inspect import graph_nodes, to_networkx
+from fxdelta.compiler.state import BackboneState
+from fxdelta.sites.base import SiteKind
 from zoo import ZOO
 
 
@@ -97,7 +98,7 @@ def test_transformer_encoder_fast_path_still_sees_the_delta():
     with torch.no_grad():
         base = zm.run(model, x)
     fxdelta.compile(model, {"delta_type": "lora", "modified_modules": ["linear1"]})
-    assert {s.kind for s in BackboneState.find(model).sites} == {"hooks"}
+    assert {s.kind for s in BackboneState.find(model).sites} == {SiteKind.HOOKS}
     perturb(model)
     with torch.no_grad():
         assert not torch.allclose(zm.run(model, x), base)

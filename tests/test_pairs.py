@@ -5,8 +5,9 @@ import torch
 from torch import nn
 
 from fxdelta import ConfigError, ParallelAdapterModel, SelectorError
-from fxdelta.report import to_networkx
-from fxdelta.state import BackboneState
+from fxdelta.inspect import to_networkx
+from fxdelta.compiler.state import BackboneState
+from fxdelta.sites.base import SiteKind
 from zoo import ZOO
 
 
@@ -31,7 +32,7 @@ def test_pair_inside_a_region_is_one_edge():
     delta = next(n for n, d in g.nodes(data=True) if d["target"] == "c_proj.deltas.parallel_adapter")
     (reads,) = g.predecessors(delta)
     assert g.nodes[reads]["op"] == "placeholder"  # the MLP's input, which is c_fc's input
-    assert kinds(model) == {"traced region"}
+    assert kinds(model) == {SiteKind.TRACED_REGION}
 
 
 @pytest.mark.parametrize("name", ["gpt2", "llama", "bert", "bart"])
@@ -43,7 +44,7 @@ def test_graph_and_hooks_agree_on_pairs(name):
     hooks = ParallelAdapterModel(hook_model, hooks_only=True)
     for a, b in zip(graph.entries, hooks.entries):  # same architecture, same order: copy the values across
         b.delta.load_state_dict(a.delta.state_dict())
-    assert "input carrier" in kinds(hook_model)
+    assert SiteKind.INPUT_CARRIER in kinds(hook_model)
     with torch.no_grad():
         torch.testing.assert_close(zm.run(hook_model, x), zm.run(graph_model, x), atol=1e-6, rtol=0)
 
@@ -62,7 +63,7 @@ def test_carried_pair_under_gradient_checkpointing():
             if isinstance(m, nn.Dropout):
                 m.p = 0.0
         handle = perturbed(ParallelAdapterModel(model, modified_modules=["fc1", "fc2"]))
-        assert "input carrier" in kinds(model)
+        assert SiteKind.INPUT_CARRIER in kinds(model)
         handle.freeze_module()
         if checkpointing:
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})

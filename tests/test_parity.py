@@ -10,11 +10,13 @@ from torch import nn
 from transformers.modeling_outputs import BaseModelOutput
 
 from fxdelta import AdapterModel, BitFitModel, LoraModel
-from fxdelta.entries import Entry
-from fxdelta.graph_site import GraphSite
-from fxdelta.hooks import HookSite
-from fxdelta.routes import Route
-from fxdelta.state import BackboneState, DeltaContainer
+from fxdelta.core.entries import Entry
+from fxdelta.sites.graph import GraphSite
+from fxdelta.sites.hooks import HookSite
+from fxdelta.core.routes import Route
+from fxdelta.compiler.state import BackboneState
+from fxdelta.sites.base import SiteKind
+from fxdelta.core.entries import DeltaContainer
 from zoo import ZOO
 
 IN, OUT = 4, 6  # the patched nn.Linear(IN, OUT): the routes need different delta shapes
@@ -235,8 +237,8 @@ def test_hooks_only_equals_default_end_to_end(family, method):
             hook_params[name].copy_(p)
 
     kinds = {s.kind for s in BackboneState.find(graph_model).sites}
-    assert kinds & {"traced region", "opaque graph"}  # otherwise this compares hooks with hooks
-    assert {s.kind for s in BackboneState.find(hook_model).sites} == {"hooks"}
+    assert kinds & {SiteKind.TRACED_REGION, SiteKind.OPAQUE_GRAPH}  # otherwise this compares hooks with hooks
+    assert {s.kind for s in BackboneState.find(hook_model).sites} == {SiteKind.HOOKS}
 
     with torch.no_grad():
         via_graph = zm.run(graph_model, inputs)

@@ -14,7 +14,7 @@ import torch.fx as fx
 from torch import nn
 
 from fxdelta.passes import insert_input, insert_output, insert_parallel
-from fxdelta.report import to_networkx
+from fxdelta.inspect import to_networkx
 
 
 class Residual(nn.Module):

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 import fxdelta
-from fxdelta.state import BackboneState
+from fxdelta.compiler.state import BackboneState
 
 
 class Block(nn.Module):
@@ -28,7 +28,7 @@ class Nested(nn.Module):
 
 
 def sites(model):
-    return sorted((s.kind, s.path, tuple(sorted({e.target for e in s.entries}))) for s in BackboneState.find(model).sites)
+    return sorted((s.kind.value, s.path, tuple(sorted({e.target for e in s.entries}))) for s in BackboneState.find(model).sites)
 
 
 def build():

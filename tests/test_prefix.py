@@ -7,7 +7,8 @@ from transformers.cache_utils import DynamicCache
 
 import fxdelta
 from fxdelta import ConfigError, PrefixModel, SelectorError
-from fxdelta.state import BackboneState
+from fxdelta.compiler.state import BackboneState
+from fxdelta.sites.base import SiteKind
 from padding import assert_padded_row_equals_row_alone, padded_mask
 from zoo import ZOO
 
@@ -85,7 +86,7 @@ def test_reparameterized_training_merge_and_checkpoint(tmp_path):
         trained = zm.run(model, x)
     handle.save_finetuned(tmp_path / "prefix")  # saves the prefixes the MLP makes
     handle.merge()
-    assert not handle.config.reparameterize and "prefix refresh" not in {s.kind for s in BackboneState.find(model).sites}
+    assert not handle.config.reparameterize and SiteKind.PREFIX_REFRESH not in {s.kind for s in BackboneState.find(model).sites}
     with torch.no_grad():
         torch.testing.assert_close(zm.run(model, x), trained, atol=1e-6, rtol=0)
     fresh = fxdelta.load(zm.build(), tmp_path / "prefix")

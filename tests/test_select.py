@@ -10,7 +10,7 @@ import re
 import pytest
 
 from fxdelta import ConfigError, LoraModel, SelectorError
-from fxdelta.select import closest_names, compile_pattern, matches, select
+from fxdelta.spec.selectors import closest_names, compile_pattern, matches, select
 from zoo import ZOO
 
 # A BART-like name list, in named_modules() order ("" is the root).

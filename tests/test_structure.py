@@ -3,10 +3,10 @@
 import pytest
 from torch import nn
 
-from fxdelta.errors import UnsupportedModelError
-from fxdelta.methods.base import is_linear_like
-from fxdelta.select import select
-from fxdelta.structure import COMMON_STRUCTURE, default_selectors
+from fxdelta.core.errors import UnsupportedModelError
+from fxdelta.spec.method import is_linear_like
+from fxdelta.spec.selectors import select
+from fxdelta.spec.structure import COMMON_STRUCTURE, default_selectors
 from zoo import HF_FAMILIES, ZOO
 
 POSITIONS = ["attn.q", "attn.k", "attn.v", "attn.o", "ff.w1", "ff.w2", "layer_norm", "attn", "ff", "ff.in", "ff.act"]

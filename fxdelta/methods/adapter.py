@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from fxdelta.config import DeltaConfig
+from fxdelta.spec.config import DeltaConfig
 from fxdelta.methods.activations import NonLinearity
-from fxdelta.methods.base import Method, TargetInfo
+from fxdelta.spec.method import Method, TargetInfo
 from fxdelta.methods.bottleneck import Bottleneck, dense_bottleneck
-from fxdelta.routes import Route
+from fxdelta.core.routes import Route
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,4 +46,6 @@ METHOD = Method(
     build=build,
     route=Route.OUTPUT,
     default_positions=("attn.o", "ff.w2"),
+    summary="Bottleneck adapters after modules (output route); default positions: attention output and FFN output.",
+    small={"bottleneck_dim": 16},
 )

@@ -12,9 +12,9 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from fxdelta.config import DeltaConfig
-from fxdelta.methods.base import Method, TargetInfo
-from fxdelta.routes import Route
+from fxdelta.spec.config import DeltaConfig
+from fxdelta.spec.method import Method, TargetInfo
+from fxdelta.core.routes import Route
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,4 +47,6 @@ METHOD = Method(
     build=build,
     route=Route.OUTPUT,
     default_positions=("attn.q", "attn.k", "attn.v", "attn.o", "ff.w1", "ff.w2", "layer_norm"),
+    summary="A new zero bias on module outputs (output route); default positions: every attention and FFN "
+    "projection and the block layer norms.",
 )

@@ -9,8 +9,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from collections.abc import Callable
+
 from fxdelta.methods.activations import NonLinearity
-from fxdelta.methods.base import on_feature_axis
+
+
+def on_feature_axis(fn: Callable[[torch.Tensor], torch.Tensor], h: torch.Tensor, axis: int) -> torch.Tensor:
+    """Apply a last-dim ``fn`` along ``axis`` (channels-first outputs keep their layout)."""
+    if axis == -1:
+        return fn(h)
+    return fn(h.movedim(axis, -1)).movedim(-1, axis)
 
 
 class Bottleneck(nn.Module):

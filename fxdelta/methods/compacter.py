@@ -9,13 +9,13 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from fxdelta.config import DeltaConfig
-from fxdelta.errors import ConfigError
+from fxdelta.spec.config import DeltaConfig
+from fxdelta.core.errors import ConfigError
 from fxdelta.methods.activations import NonLinearity
-from fxdelta.methods.base import Method, TargetInfo
+from fxdelta.spec.method import Method, TargetInfo
 from fxdelta.methods.bottleneck import Bottleneck
 from fxdelta.methods.low_rank import WeightInit, bottleneck_size, init_weight
-from fxdelta.routes import Route
+from fxdelta.core.routes import Route
 
 
 class RuleInit(enum.Enum):
@@ -146,4 +146,7 @@ METHOD = Method(
     build=build,
     route=Route.OUTPUT,
     default_positions=("attn", "ff"),
+    summary="Adapters with PHM (sum-of-Kronecker) projections (output route); default positions: the attention "
+    "block and FFN outputs.",
+    small={"reduction_factor": 8},
 )

@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fxdelta.methods.base import Method, TargetInfo, linear_only
+from fxdelta.spec.method import Method, TargetInfo, linear_only
 from fxdelta.methods.lora import LoraConfig, LoraDelta
-from fxdelta.routes import Route
+from fxdelta.core.routes import Route
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,4 +68,6 @@ METHOD = Method(
     default_positions=("attn.q", "attn.v"),
     can_patch=linear_only,
     needs_h_in=True,
+    summary="DoRA: LoRA on the weight's direction plus a learned magnitude (in-out route); default positions: attention q and v.",
+    small={"lora_r": 4, "lora_alpha": 8},
 )

@@ -8,9 +8,9 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from fxdelta.config import DeltaConfig
-from fxdelta.methods.base import Method, TargetInfo
-from fxdelta.routes import Route
+from fxdelta.spec.config import DeltaConfig
+from fxdelta.spec.method import Method, TargetInfo
+from fxdelta.core.routes import Route
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,4 +44,6 @@ METHOD = Method(
     build=build,
     route=Route.OUTPUT,
     default_positions=("attn.k", "attn.v", "ff.act"),
+    summary="Learned rescaling vectors (ones at init) on keys, values and the FFN activation (output route).",
+    aliases=("IA3",),
 )

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fxdelta.config import DeltaConfig
-from fxdelta.methods.base import Method, TargetInfo, linear_only
-from fxdelta.routes import Route
+from fxdelta.spec.config import DeltaConfig
+from fxdelta.spec.method import Method, TargetInfo, linear_only
+from fxdelta.core.routes import Route
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,4 +66,6 @@ METHOD = Method(
     default_positions=("attn.q", "attn.v"),
     can_patch=linear_only,
     needs_h_in=True,
+    summary="LoRA on linear layers (parallel route); default positions: attention q and v.",
+    small={"lora_r": 4, "lora_alpha": 8},
 )

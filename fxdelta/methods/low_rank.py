@@ -8,7 +8,7 @@ import math
 import torch
 from torch import nn
 
-from fxdelta.errors import ConfigError
+from fxdelta.core.errors import ConfigError
 
 
 class WeightInit(enum.Enum):

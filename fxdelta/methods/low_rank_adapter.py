@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from fxdelta.config import DeltaConfig
+from fxdelta.spec.config import DeltaConfig
 from fxdelta.methods.activations import NonLinearity
-from fxdelta.methods.base import Method, TargetInfo
+from fxdelta.spec.method import Method, TargetInfo
 from fxdelta.methods.bottleneck import Bottleneck
 from fxdelta.methods.low_rank import LowRankLinear, WeightInit, bottleneck_size
-from fxdelta.routes import Route
+from fxdelta.core.routes import Route
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,4 +56,8 @@ METHOD = Method(
     build=build,
     route=Route.OUTPUT,
     default_positions=("attn", "ff"),
+    summary="Adapters with rank-``low_rank_rank`` projections (output route); default positions: the attention "
+    "block and FFN outputs.",
+    aliases=("lowrankadapter",),
+    small={"reduction_factor": 8},
 )

@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from fxdelta.config import DeltaConfig
+from fxdelta.spec.config import DeltaConfig
 from fxdelta.methods.activations import NonLinearity
-from fxdelta.methods.base import Method, TargetInfo
+from fxdelta.spec.method import Method, TargetInfo
 from fxdelta.methods.bottleneck import Bottleneck, dense_bottleneck
-from fxdelta.routes import Route
+from fxdelta.core.routes import Route
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,4 +55,8 @@ METHOD = Method(
     default_positions=("attn", "attn", "ff.in", "ff.w2"),
     needs_h_in=True,
     pairs=True,
+    summary="Bottleneck adapters from a module's input to a (possibly other) module's output; ``modified_modules`` "
+    "is read as ``[source, target, ...]`` pairs; default pairs: attention block with itself, FFN input to FFN output.",
+    aliases=("parallel-adapter",),
+    small={"bottleneck_dim": 16},
 )

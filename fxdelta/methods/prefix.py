@@ -1,7 +1,7 @@
 """Prefix tuning (Li & Liang 2021): learned key/value prefixes in every targeted self-attention.
 
 Each targeted attention gets ``prefix_token_num`` extra keys and values in front of its own (the
-attention mask is widened so every query sees them; see ``fxdelta.prefix_sites``). With
+attention mask is widened so every query sees them; see ``fxdelta.sites.prefix``). With
 ``reparameterize=True`` (the default, as in OpenDelta) the prefixes of all layers come out of one
 MLP (``Embedding(P, embed_dim) -> Linear -> tanh -> Linear``), which trains more stably;
 ``merge()`` (and saving) replace it by the prefixes it computes.
@@ -16,9 +16,11 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from fxdelta.config import DeltaConfig
-from fxdelta.methods.base import Method, TargetInfo
-from fxdelta.routes import Route
+from fxdelta.core.routes import Route
+from fxdelta.methods.prefix_probe import probe_attention
+from fxdelta.sites.prefix import plan_prefix
+from fxdelta.spec.config import DeltaConfig
+from fxdelta.spec.method import Method, TargetInfo
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -101,11 +103,12 @@ class PrefixDelta(nn.Module):
             object.__setattr__(self, "_shared_encoder", encoder)  # one MLP, registered once
         self.index = index
 
-    def _encoder(self) -> PrefixEncoder | None:
+    def prefix_encoder(self) -> PrefixEncoder | None:
+        """The MLP that produces this prefix (reparameterized), else None."""
         return self._modules.get("encoder") or self.__dict__.get("_shared_encoder")
 
     def prefix(self) -> tuple[torch.Tensor, torch.Tensor]:
-        encoder = self._encoder()
+        encoder = self.prefix_encoder()
         if encoder is None:
             return self.key, self.value
         kv = encoder.slices()[self.index]  # (P, heads * (head_dim + v_dim))
@@ -115,7 +118,7 @@ class PrefixDelta(nn.Module):
 
     def merge(self) -> None:
         """Replace the shared MLP by the prefixes it produces now (for inference and saving)."""
-        encoder = self._encoder()
+        encoder = self.prefix_encoder()
         if encoder is None:
             return
         with torch.no_grad():
@@ -142,7 +145,7 @@ class PrefixDelta(nn.Module):
 
 
 def build(config: PrefixConfig, target: TargetInfo) -> PrefixDelta:
-    g = target.extra["prefix"]  # the attention's geometry, found by this method's probe (fxdelta.prefix_probe)
+    g = target.probed  # the attention's geometry, found by this method's probe (prefix_probe.py)
     return PrefixDelta(g.heads, g.head_dim, g.v_dim, config, dtype=target.dtype, device=target.device)
 
 
@@ -155,18 +158,19 @@ def share_encoder(config: PrefixConfig, deltas: list[PrefixDelta], *, dtype=None
         d.use_encoder(encoder, i, owner=i == 0)
 
 
-def _probe(backbone, example, paths):
-    from fxdelta.prefix_probe import probe_attention
-
-    return probe_attention(backbone, example, paths)
-
-
 METHOD = Method(
     delta_type="prefix",
     config=PrefixConfig,
     build=build,
     route=Route.PREFIX,
     default_positions=("attn.self",),
-    probe=_probe,
+    probe=probe_attention,
     link=share_encoder,
+    plan_sites=plan_prefix,
+    merge=PrefixDelta.merge,
+    exported_state=PrefixDelta.exported_state,
+    identity_at_init=False,
+    summary="Prefix tuning: learned keys/values in front of every targeted self-attention's own; default "
+    "positions: every self-attention. ``merge()`` folds the reparameterization MLP into the prefixes.",
+    small={"prefix_token_num": 4, "embed_dim": 64, "mid_dim": 64},
 )

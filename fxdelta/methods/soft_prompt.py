@@ -2,7 +2,7 @@
 
 The soft tokens sit at positions 0..N-1 of the module that embeds the ids (the encoder, for
 encoder-decoders); masks, token types and positions are extended to match, and outputs are cut back
-to the real tokens, so labels and losses work unchanged (see ``fxdelta.soft_prompt_site``).
+to the real tokens, so labels and losses work unchanged (see ``fxdelta.sites.prompt``).
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from fxdelta.config import DeltaConfig
-from fxdelta.errors import ConfigError, UnsupportedModelError
-from fxdelta.methods.base import Method, TargetInfo
-from fxdelta.routes import Route
+from fxdelta.core.errors import ConfigError, UnsupportedModelError
+from fxdelta.core.routes import Route
+from fxdelta.sites.prompt import plan_prompt
+from fxdelta.spec.config import DeltaConfig
+from fxdelta.spec.method import Method, TargetInfo
 
 _TOKEN_INIT_MODES = ("sample", "first")
 
@@ -140,9 +141,10 @@ def initial_ids(config: SoftPromptConfig, vocab: int, special: set[int]) -> torc
 class SoftPromptDelta(nn.Module):
     """The soft tokens, (N, d), in the input-embedding space (after any embedding scale, e.g. BART's)."""
 
-    def __init__(self, weight: torch.Tensor) -> None:
+    def __init__(self, weight: torch.Tensor, *, pool_real_cls: bool = True) -> None:
         super().__init__()
         self.weight = nn.Parameter(weight)  # (N, d)
+        self.pool_real_cls = pool_real_cls  # BERT-style poolers read the real first token
 
     @property
     def length(self) -> int:
@@ -153,7 +155,7 @@ class SoftPromptDelta(nn.Module):
 
 
 def build(config: SoftPromptConfig, target: TargetInfo) -> SoftPromptDelta:
-    site: PromptSite = target.extra["soft_prompt"]
+    site: PromptSite = target.probed
     embedding = site.embedding
     if site.position_limit is not None and config.soft_token_num + site.position_origin >= site.position_limit:
         raise ConfigError(
@@ -168,9 +170,7 @@ def build(config: SoftPromptConfig, target: TargetInfo) -> SoftPromptDelta:
         ids = initial_ids(config, embedding.num_embeddings, set(site.special_ids))
         with torch.no_grad():  # through the module: BART's scaled embedding multiplies by embed_scale
             weight = embedding(ids.to(embedding.weight.device)).detach().clone()
-    delta = SoftPromptDelta(weight)
-    delta.pool_real_cls = config.pool_real_cls
-    return delta
+    return SoftPromptDelta(weight, pool_real_cls=config.pool_real_cls)
 
 
 def _locate(backbone: nn.Module) -> str:
@@ -190,4 +190,10 @@ METHOD = Method(
     default_positions=(),
     probe=_probe,
     locate=_locate,
+    plan_sites=plan_prompt,
+    identity_at_init=False,
+    aliases=("soft-prompt",),
+    summary="Soft prompts: learned embeddings in front of the input embeddings (of the encoder, for "
+    "encoder-decoders); outputs keep their shapes; placed where the backbone embeds its ids (no ``modified_modules``).",
+    small={"soft_token_num": 8},
 )

@@ -1,0 +1,242 @@
+"""Delta models: the handle a user holds for one delta on one backbone.
+
+A delta model is not an ``nn.Module`` and is not called: the backbone is. It has the compiler
+build its delta modules (``fxdelta.compiler.build``) and attach them (``fxdelta.compiler.install``),
+and offers attach/detach, freeze_module, log, merge and save_finetuned.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from fxdelta.compiler.build import build_entries
+from fxdelta.compiler.install import apply
+from fxdelta.compiler.state import BackboneState
+from fxdelta.core.entries import DELTA_NAMESPACE
+from fxdelta.core.errors import ConfigError, FxDeltaError, UnsupportedModelError
+from fxdelta.core.paths import backbone_module_names
+from fxdelta.deltas import freeze
+from fxdelta.inspect.graphs import show_graph
+from fxdelta.inspect.log import log, rewritten_graphs
+from fxdelta.io import checkpoint
+from fxdelta.methods.registry import METHODS, method_for
+from fxdelta.spec.config import DeltaConfig
+from fxdelta.spec.method import Method
+
+
+class DeltaModel:
+    """One delta (one method, one config) on one backbone.
+
+    ``DeltaModel(backbone, config)`` builds the delta and attaches it. Method classes
+    (``LoraModel``, ...) take the config's fields as keyword arguments instead.
+    ``example_inputs`` overrides the generated example the backbone is observed with;
+    ``hooks_only=True`` uses the hook fallback everywhere (slower; for checks and debugging).
+    """
+
+    config_class: ClassVar[type[DeltaConfig] | None] = None  # set by each method's class (deltas/classes.py)
+
+    def __init__(
+        self,
+        backbone_model: nn.Module,
+        config: DeltaConfig | None = None,
+        *,
+        example_inputs: Any = None,
+        hooks_only: bool = False,
+        attach: bool = True,
+        **hyper_parameters: Any,
+    ) -> None:
+        if not isinstance(backbone_model, nn.Module):
+            raise UnsupportedModelError(f"backbone_model must be a torch.nn.Module, got {type(backbone_model).__name__}")
+        self.config = self._make_config(config, hyper_parameters)
+        self.method: Method = method_for(self.config.delta_type)
+        self.backbone = backbone_model
+        self._state = BackboneState.ensure(backbone_model)
+        try:
+            self.name = self._state.unique_name(self.config.name or self.config.delta_type)
+            built = build_entries(
+                self._state, self.method, self.config, self.name, example_inputs=example_inputs, hooks_only=hooks_only
+            )
+            self.targets, self.sources, self.entries = built.targets, built.sources, built.entries
+            self._state.handles.append(self)
+            self._unfrozen: list[str] = []  # backbone parameters freeze_module() left trainable
+            self._state_dict_hook: Any = None
+            self.attached = False
+            if attach:
+                self.attach()
+        except BaseException:
+            self._state.forget(self)
+            raise
+
+    @property
+    def delta_type(self) -> str:
+        return self.config.delta_type
+
+    # -- construction -----------------------------------------------------------------------------
+    def _make_config(self, config: DeltaConfig | None, hyper: dict[str, Any]) -> DeltaConfig:
+        cls = self.config_class
+        if config is not None:
+            if hyper:
+                raise ConfigError(f"pass either a config or keyword hyper-parameters, not both (got {sorted(hyper)})")
+            if not isinstance(config, DeltaConfig) or (cls is not None and not isinstance(config, cls)):
+                expected = cls.__name__ if cls else "a DeltaConfig"
+                raise ConfigError(f"{type(self).__name__} needs {expected}, got {type(config).__name__}")
+            return config
+        if cls is None:
+            raise ConfigError("DeltaModel needs a config; use AutoDeltaModel.from_config or a method class such as LoraModel")
+        return cls.from_kwargs(hyper)
+
+    # -- attach / detach --------------------------------------------------------------------------
+    def attach(self) -> "DeltaModel":
+        """Put the delta back into the backbone's computation (idempotent)."""
+        if not self.attached:
+            self._match_backbone()
+            others = [e for e in self._state.active if e.name != self.name]
+            apply(self._state, others + self.entries)
+            self.attached = True
+        return self
+
+    def detach(self) -> "DeltaModel":
+        """Take the delta out: the backbone computes exactly what it did before (idempotent)."""
+        if self.attached:
+            apply(self._state, [e for e in self._state.active if e.name != self.name])
+            self.attached = False
+        return self
+
+    def _match_backbone(self) -> None:
+        """Follow what happened to the backbone while the delta was out (or before it existed):
+        ``.to(device/dtype)`` calls and the train/eval mode."""
+        modules = dict(self.backbone.named_modules())
+        for e in self.entries:
+            target = modules[e.target]
+            ref = next(
+                (p for n, p in target.named_parameters() if p.is_floating_point() and not n.startswith(f"{DELTA_NAMESPACE}.")),
+                None,
+            )
+            if ref is not None:
+                e.delta.to(device=ref.device, dtype=ref.dtype)
+            e.delta.train(target.training)
+
+    # -- parameters -------------------------------------------------------------------------------
+    def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """This delta's parameters, by their backbone state_dict names (whether attached or not)."""
+        for e in self.entries:
+            for name, p in e.delta.named_parameters():
+                yield f"{e.qualified_name}.{name}", p
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Every tensor of this delta (parameters and buffers, e.g. a frozen PHM rule), by backbone name."""
+        return {f"{e.qualified_name}.{k}": v for e in self.entries for k, v in e.delta.state_dict().items()}
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        return (p for _, p in self.named_parameters())
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise FxDeltaError(
+            f"a delta model is not called; call the backbone ({type(self.backbone).__name__}), which now holds the delta"
+        )
+
+    def __repr__(self) -> str:
+        state = "attached" if self.attached else "detached"
+        return (
+            f"{type(self).__name__}(name={self.name!r}, {state}, targets={len(self.targets)}, "
+            f"parameters={self.num_parameters():,})"
+        )
+
+    # -- freezing, reporting, saving (their logic lives in their own modules) ---------------------
+    def freeze_module(
+        self,
+        exclude: Sequence[str] | None = None,
+        set_state_dict: bool = False,
+    ) -> "DeltaModel":
+        """Freeze the backbone except ``exclude`` (default: ``config.unfrozen_modules``, i.e. the deltas).
+
+        ``exclude`` uses the module-selector grammar on module and parameter names: ``"deltas"``
+        keeps every attached delta trainable, ``"layernorm_embedding"`` that module's parameters.
+        With ``set_state_dict=True`` the backbone's ``state_dict()`` then holds only trainable
+        tensors. Backbone parameters left trainable are saved by ``save_finetuned``.
+        """
+        patterns = self.config.unfrozen_modules if exclude is None else exclude
+        self._unfrozen = freeze.freeze(self.backbone, patterns, backbone_module_names(self.backbone))
+        if self._state_dict_hook is not None:
+            self._state_dict_hook.remove()
+            self._state_dict_hook = None
+        if set_state_dict:
+            self._state_dict_hook = freeze.keep_trainable_in_state_dict(self.backbone)
+        return self
+
+    def log(self, *, file: Any = None) -> None:
+        """Print the collapsed backbone tree with this delta marked, and parameter counts."""
+        log(self.backbone, self, file=file)
+
+    def rewritten_graphs(self) -> dict[str, Any]:
+        """``{site path: fx.GraphModule}`` for every graph that carries this delta (hook sites omitted)."""
+        return rewritten_graphs(self.backbone, self.name)
+
+    def show_graph(self, path: str | None = None, *, file: Any = None) -> None:
+        """Print the rewritten code and node list of the site carrying ``path`` (default: the first target)."""
+        show_graph(self.backbone, path or self.targets[0], file=file)
+
+    def merge(self) -> "DeltaModel":
+        """Fold what only serves training into the delta itself (prefix tuning's MLP into its prefixes).
+
+        The outputs stay the same; the config then records ``exported()`` (e.g. ``reparameterize=False``).
+        Methods with nothing to fold raise.
+        """
+        merge = self.method.merge
+        if merge is None:
+            mergeable = sorted(m.delta_type for m in METHODS.values() if m.merge is not None)
+            raise FxDeltaError(
+                f"{self.config.delta_type} has nothing to merge: only {mergeable} fold something into their deltas "
+                f"(folding deltas into backbone weights is not supported)"
+            )
+        for e in self.entries:
+            merge(e.delta)
+        self.config = self.config.exported()
+        if self.attached:  # the sites that served the folded part go
+            apply(self._state, self._state.active)
+        return self
+
+    def checkpoint_entry(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """This delta's checkpoint record and tensors (deltas plus backbone tensors it unfroze).
+
+        Methods that train through something they merge away save what it produces (prefix tuning
+        saves the prefixes, not its MLP), with the matching config.
+        """
+        tensors = {
+            f"{e.qualified_name}.{k}": v.detach()
+            for e in self.entries
+            for k, v in self.method.state_of(e.delta).items()
+        }
+        backbone_params = dict(self.backbone.named_parameters())
+        unfrozen = [n for n in self._unfrozen if n in backbone_params and backbone_params[n].requires_grad]
+        tensors.update((n, backbone_params[n].detach()) for n in unfrozen)
+        entry = {
+            "name": self.name,
+            "config": self.config.exported().to_dict(),
+            "targets": list(self.targets),
+            "sources": list(self.sources),
+            "unfrozen": unfrozen,
+        }
+        return entry, tensors
+
+    def save_finetuned(self, save_directory: str | os.PathLike) -> None:
+        """Write ``save_directory`` with only this delta's tensors (plus backbone tensors it unfroze)."""
+        entry, tensors = self.checkpoint_entry()
+        checkpoint.write(save_directory, self.backbone, [entry], tensors)
+
+
+def discard(handle: DeltaModel) -> None:
+    """Detach ``handle`` and forget it (used to undo a partial compile or load)."""
+    handle.detach()
+    state = BackboneState.find(handle.backbone)
+    if state is not None:
+        state.forget(handle)

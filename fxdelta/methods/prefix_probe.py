@@ -1,0 +1,146 @@
+"""What a prefix must look like at each targeted attention, learned from a FakeTensor run.
+
+For each attention: the heads and head sizes of the keys/values it attends to (after RoPE and
+grouped-query sharing: exactly what its cache stores), its ``layer_idx``, whether it takes a cache
+argument or must be intercepted at its attention function, and whether it is causal. For causal
+attentions, also the stack whose cache and mask they share (the first ancestor above their layer
+that takes ``past_key_values`` and ``attention_mask``) and every layer index that stack's cache
+serves: a prefix must cover them all, since all layers share one widened mask.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from fxdelta.compiler.examples import Example
+from fxdelta.compiler.observe import Undo, run_on_fakes
+from fxdelta.core.calls import by_name
+from fxdelta.core.errors import SelectorError, UnsupportedModelError
+from fxdelta.core.paths import parent_paths
+
+
+@dataclass(frozen=True)
+class AttentionGeometry:
+    heads: int
+    head_dim: int
+    v_dim: int
+    layer_idx: int | None
+    uses_cache: bool  # forward takes past_key_values; else its attention function is intercepted
+    causal: bool
+    stack: str | None = None  # causal attentions: the module whose cache and mask the layers share
+    stack_layers: frozenset[int] = field(default_factory=frozenset)
+    encoder_decoder: bool = False  # the stack is the decoder of an encoder-decoder
+
+
+class _Recorder:
+    """A prefix source of length 0 that notes what each layer stores."""
+
+    length = 0
+
+    def __init__(self) -> None:
+        self.seen: dict[int | None, tuple[int, int, int]] = {}
+
+    def kv(self, layer_idx, key, value):
+        self.seen[layer_idx] = (key.shape[1], key.shape[-1], value.shape[-1])
+        return None
+
+
+def _takes(module: nn.Module, *names: str) -> bool:
+    try:
+        params = inspect.signature(module.forward).parameters
+    except (TypeError, ValueError):
+        return False
+    return all(n in params for n in names)
+
+
+def find_stack(backbone: nn.Module, path: str) -> str | None:
+    """The first ancestor above the attention's layer that takes ``past_key_values`` and ``attention_mask``."""
+    from fxdelta.sites.hf import is_layer
+
+    seen_layer = False
+    for ancestor in parent_paths(path):
+        module = backbone.get_submodule(ancestor)
+        if is_layer(module):
+            seen_layer = True
+        elif seen_layer and hasattr(module, "config") and _takes(module, "past_key_values", "attention_mask"):
+            return ancestor
+    return None
+
+
+def probe_attention(backbone: nn.Module, example: Example, paths: list[str]) -> dict[str, AttentionGeometry]:
+    """Each targeted attention's geometry (prefix tuning's ``Method.probe``)."""
+    from fxdelta.sites.hf import intercept, make_view
+
+    modules = dict(backbone.named_modules())
+    recorders = {p: _Recorder() for p in paths}
+
+    def install_targets(undo: list[Undo]) -> None:
+        for path in paths:
+            module, rec = modules[path], recorders[path]
+            if _takes(module, "past_key_values"):
+                sig = inspect.signature(module.forward)
+
+                def pre(m, args, kwargs, rec=rec, sig=sig):
+                    args, kw = by_name(sig, args, kwargs, keep_first=True)
+                    kw["past_key_values"] = make_view(kw.get("past_key_values"), rec, False)
+                    return args, kw
+
+                undo.append(module.register_forward_pre_hook(pre, with_kwargs=True).remove)
+            elif hasattr(module, "config") and hasattr(module.config, "_attn_implementation"):
+                undo.append(intercept(module, lambda k, v, mask, rec=rec: (rec.kv(None, k, v), k, v, mask)[1:]))
+
+    try:
+        run_on_fakes(backbone, example, install_targets)
+    except Exception as e:
+        raise UnsupportedModelError(f"fxdelta could not run the backbone to size the prefixes: {type(e).__name__}: {e}") from e
+    out: dict[str, AttentionGeometry] = {}
+    for path in paths:
+        seen = recorders[path].seen
+        if len(seen) != 1:
+            raise SelectorError(
+                f"{path} ({type(modules[path]).__name__}) is not a self-attention fxdelta can prefix: it "
+                f"{'stores no keys and values' if not seen else 'serves several layers'} when the backbone runs; "
+                f"target the self-attention modules (e.g. 'attn.self' positions)"
+            )
+        (layer_idx, (heads, head_dim, v_dim)), = seen.items()
+        module = modules[path]
+        causal = bool(getattr(module, "is_causal", False))
+        stack = find_stack(backbone, path) if causal else None
+        if causal and stack is None:
+            raise SelectorError(f"{path} is causal but fxdelta finds no stack above it that takes past_key_values")
+        out[path] = AttentionGeometry(heads, head_dim, v_dim, layer_idx, _takes(module, "past_key_values"), causal, stack)
+    stacks = sorted({g.stack for g in out.values() if g.stack})
+    layers = _stack_layers(backbone, example, stacks) if stacks else {}
+    for path, g in out.items():
+        if g.stack:
+            encdec = bool(getattr(getattr(modules[g.stack], "config", None), "is_encoder_decoder", False))
+            out[path] = AttentionGeometry(**{**g.__dict__, "stack_layers": layers[g.stack], "encoder_decoder": encdec})
+    return out
+
+
+def _stack_layers(backbone: nn.Module, example: Example, stacks: list[str]) -> dict[str, frozenset[int]]:
+    from fxdelta.sites.hf import make_view
+
+    modules = dict(backbone.named_modules())
+    recorders = {s: _Recorder() for s in stacks}
+
+    def install(undo: list[Undo]) -> None:
+        for stack in stacks:
+            module, rec = modules[stack], recorders[stack]
+            sig = inspect.signature(module.forward)
+            encdec = bool(getattr(getattr(module, "config", None), "is_encoder_decoder", False))
+
+            def pre(m, args, kwargs, rec=rec, sig=sig, encdec=encdec):
+                args, kw = by_name(sig, args, kwargs, keep_first=True)
+                kw["past_key_values"] = make_view(kw.get("past_key_values"), rec, encdec)
+                return args, kw
+
+            undo.append(module.register_forward_pre_hook(pre, with_kwargs=True).remove)
+
+    run_on_fakes(backbone, example, install)
+    return {s: frozenset(k for k in recorders[s].seen if k is not None) for s in stacks}

@@ -1,0 +1,1 @@
+"""What users and methods declare: delta configs, the selector grammar, the common structure map, ``Method``."""
