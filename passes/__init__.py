@@ -1,8 +1,13 @@
 """Graph-rewrite passes, one per route (installed as ``fxdelta.passes``).
 
-Each pass is a pure edit of an ``fx.Graph``: it inserts the delta's ``call_module`` node and the
-``+`` that merges it, rewires the users, and returns the node that now carries the hidden state.
-The caller recompiles.
+The contract every pass keeps:
+- takes an ``fx.Graph``, the node(s) carrying ``h_in``/``h_out``, and the qualified name of the
+  delta module (``"<target>.deltas.<name>"`` relative to the graph's root), which need not exist yet;
+- edits only that graph, in place: one ``call_module`` node for the delta and one ``operator.add``
+  that merges it, with the users of the old value rewired to the sum; nothing else moves;
+- returns the node that now carries the hidden state, so passes chain (several deltas on one module);
+- leaves the graph valid (``graph.lint()`` passes) but its code stale: the caller builds the
+  ``GraphModule`` (``fxdelta.sites.graph.GraphSite.build``), once, after the last pass.
 """
 
 from fxdelta.passes.insert_in_out import insert_in_out

@@ -10,7 +10,8 @@ def insert_input(graph: fx.Graph, h_in: fx.Node, delta: str, consumer: fx.Node |
 
     ``delta`` is the qualified name of the delta module. With a ``consumer`` only that node sees
     the new value (other users of ``h_in``, e.g. a residual, keep the original); without one,
-    every user does (the region's own input). Returns the node carrying the new ``h_in``.
+    every user does (the region's own input; it must have at least one user). Returns the node
+    carrying the new ``h_in``; the graph is edited in place and not recompiled (see ``fxdelta.passes``).
     """
     first_user = consumer or min(h_in.users, key=_position(graph))
     with graph.inserting_before(first_user):

@@ -12,7 +12,8 @@ def insert_parallel(
 
     ``h_in`` may come from anywhere earlier in the graph (for a parallel adapter it is another
     module's input); ``delta`` is the qualified name of the delta module; ``with_output`` also
-    hands it ``h_out`` (``d(h_in, h_out)``). Returns the node carrying the new ``h_out``.
+    hands it ``h_out`` (``d(h_in, h_out)``). ``h_in`` must come before ``h_out`` in the graph. Returns
+    the node carrying the new ``h_out``; the graph is edited in place and not recompiled (see ``fxdelta.passes``).
     """
     with graph.inserting_after(h_out):
         d = graph.call_module(delta, (h_in, h_out) if with_output else (h_in,))

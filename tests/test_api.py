@@ -105,7 +105,8 @@ def test_transformer_encoder_fast_path_still_sees_the_delta():
 
 
 def test_import_is_light(tmp_path):
-    code = "import sys, fxdelta; print(sorted(m for m in ('transformers', 'rich', 'safetensors') if m in sys.modules))"
+    heavy = ('transformers', 'rich', 'safetensors', 'networkx')
+    code = f"import sys, fxdelta; print(sorted(m for m in {heavy} if m in sys.modules))"
     # cwd away from the source tree, so the installed package is imported
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path).stdout
     assert out.strip() == "[]"
