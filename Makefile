@@ -8,13 +8,13 @@ TORCH_PIN := torch==2.13.0
 TRANSFORMERS_PIN := transformers==5.23.0
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench clean
+.PHONY: demo test test-fast lint bench clean
 
 $(STAMP): pyproject.toml Makefile $(wildcard fxdelta/*.py fxdelta/*/*.py passes/*.py)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH_PIN) $(TRANSFORMERS_PIN)
-	$(PY) -m pip install --quiet -e ".[test]" --config-settings editable_mode=strict
+	$(PY) -m pip install --quiet -e ".[test,lint]" --config-settings editable_mode=strict
 	touch $(STAMP)
 
 # The installed script, not `python -m`: from the repo root, `python -m` would import the source
@@ -27,6 +27,14 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(VENV)/bin/pytest -q -x -m "not slow"
+
+# ruff (lint + format) on everything; mypy on the installed package, from outside the source tree
+# (whose fxdelta/ lacks fxdelta.passes, installed from passes/).
+LINTED := fxdelta passes tests bench
+lint: $(STAMP)
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
+	cd $(VENV) && bin/mypy -p fxdelta --config-file $(CURDIR)/pyproject.toml
 
 bench: $(STAMP)
 	$(PY) bench/run.py

@@ -24,8 +24,9 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import fxdelta  # noqa: E402
-from workloads import ADAPTER, LORA, workloads  # noqa: E402
+import fxdelta
+
+from workloads import ADAPTER, LORA, workloads
 
 WARMUP = 200
 BLOCK = 100
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# Detach + attach cycles (bench/attach_cycles.py)",
         "",
-        f"BERT (hidden 256, 4 layers) with LoRA (q, v) and adapters (attention and FFN outputs); each cycle",
+        "BERT (hidden 256, 4 layers) with LoRA (q, v) and adapters (attention and FFN outputs); each cycle",
         f"detaches and re-attaches the LoRA. {WARMUP} warm-up cycles, then {r['cycles']:,} measured ones.",
         f"torch {torch.__version__}, Python {platform.python_version()}.",
         "",
@@ -103,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         "|---|---|",
         f"| detach + attach, median of {BLOCK}-cycle blocks | {r['cycle_ms']:.2f} ms |",
         f"| RSS growth over the measured cycles | {r['rss_growth_kb']:,} KiB |",
-        f"| torch.fx generated sources: after warm-up / growth | {r['fx_sources_start']:,} / {r['fx_sources_growth']:,} |",
+        f"| torch.fx generated sources: after warm-up / growth "
+        f"| {r['fx_sources_start']:,} / {r['fx_sources_growth']:,} |",
         f"| linecache entries, growth | {r['linecache_growth']:,} |",
         f"| outputs after the cycles equal those before | {r['outputs_unchanged']} |",
         "",

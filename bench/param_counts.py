@@ -18,7 +18,16 @@ import transformers
 import fxdelta
 
 METHODS = [
-    "lora", "dora", "adapter", "bitfit", "ia3", "low_rank_adapter", "compacter", "parallel_adapter", "prefix", "soft_prompt",
+    "lora",
+    "dora",
+    "adapter",
+    "bitfit",
+    "ia3",
+    "low_rank_adapter",
+    "compacter",
+    "parallel_adapter",
+    "prefix",
+    "soft_prompt",
 ]
 MODELS = {
     "BERT-base (d 768, 12 layers, FFN 3072)": lambda: transformers.BertModel(transformers.BertConfig()),
@@ -43,9 +52,9 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).with_name("param-counts.md")))
     args = parser.parse_args()
     lines = ["| method | " + " | ".join(MODELS) + " |", "|---" * (len(MODELS) + 1) + "|"]
-    rows = {m: [] for m in METHODS + ["prefix (merged)"]}
-    for name, build in MODELS.items():
-        for method in METHODS + ["prefix (merged)"]:
+    rows: dict[str, list[str]] = {m: [] for m in [*METHODS, "prefix (merged)"]}
+    for build in MODELS.values():
+        for method in [*METHODS, "prefix (merged)"]:
             params, targets, backbone = count(build, method.split()[0], merged="merged" in method)
             rows[method].append(f"{params:,} ({100 * params / backbone:.3f}%, {targets} modules)")
     lines += [f"| `{m}` | " + " | ".join(cells) + " |" for m, cells in rows.items()]

@@ -38,8 +38,10 @@ def load_average() -> float:
 
 
 def machine_note() -> str:
-    return (f"{_cpu_name()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
-            f"Python {platform.python_version()}, {platform.system()} {platform.release()}")
+    return (
+        f"{_cpu_name()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
+        f"Python {platform.python_version()}, {platform.system()} {platform.release()}"
+    )
 
 
 def _fmt(value: float, unit: str) -> str:
@@ -58,8 +60,10 @@ def table(rows: list[Row]) -> str:
     for r in rows:
         unit = "" if r.unit == "x" else f" {r.unit}"
         s = r.stat
-        lines.append(f"| {r.section} | {r.model} | {r.measure} | {_fmt(s.median, r.unit)}{unit} | "
-                     f"{_fmt(s.p25, r.unit)} – {_fmt(s.p75, r.unit)} | {s.n} |")
+        lines.append(
+            f"| {r.section} | {r.model} | {r.measure} | {_fmt(s.median, r.unit)}{unit} | "
+            f"{_fmt(s.p25, r.unit)} – {_fmt(s.p75, r.unit)} | {s.n} |"
+        )
     return "\n".join(lines)
 
 

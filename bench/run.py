@@ -1,7 +1,7 @@
 """Benchmark: the cost fxdelta adds, as ratios measured side by side in one run (CPU).
 
-    .venv/bin/python bench/run.py            # full run (a few minutes), writes bench/results.md
-    .venv/bin/python bench/run.py --quick    # ~30 s smoke run
+.venv/bin/python bench/run.py            # full run (a few minutes), writes bench/results.md
+.venv/bin/python bench/run.py --quick    # ~30 s smoke run
 """
 
 from __future__ import annotations
@@ -18,15 +18,27 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import fxdelta  # noqa: E402
-from fxdelta.sites.graph import GraphSite  # noqa: E402
-from fxdelta.sites.base import HookedSite  # noqa: E402
-from fxdelta.compiler.plan import Planner  # noqa: E402
-from fxdelta.compiler.state import BackboneState  # noqa: E402
-from report import Row, document, load_average, table  # noqa: E402
-from timing import interleaved, per_round, summarize, timed_methods  # noqa: E402
-from workloads import (ADAPTER, BITFIT, FORWARD_VARIANTS, LORA, TRAIN_VARIANTS, Workload,  # noqa: E402
-                       build_variants, check_lora_parity, output, trainable, workloads)
+import fxdelta
+from fxdelta.compiler.plan import Planner
+from fxdelta.compiler.state import BackboneState
+from fxdelta.sites.base import HookedSite
+from fxdelta.sites.graph import GraphSite
+
+from report import Row, document, load_average, table
+from timing import interleaved, per_round, summarize, timed_methods
+from workloads import (
+    ADAPTER,
+    BITFIT,
+    FORWARD_VARIANTS,
+    LORA,
+    TRAIN_VARIANTS,
+    Workload,
+    build_variants,
+    check_lora_parity,
+    output,
+    trainable,
+    workloads,
+)
 
 
 @dataclass(frozen=True)
@@ -40,10 +52,12 @@ class Settings:
     warmup: int  # untimed calls of each variant before its first round
 
     def describe(self, batch: int) -> str:
-        return (f"batch {batch}, seq {self.seq} (*-256); forward rounds {self.fwd_rounds} (*-256) / "
-                f"{self.tiny_rounds} x {self.tiny_calls} calls (tiny); train rounds {self.train_rounds} "
-                f"(x {self.tiny_calls} steps on tiny); "
-                f"compile reps {self.compile_reps}")
+        return (
+            f"batch {batch}, seq {self.seq} (*-256); forward rounds {self.fwd_rounds} (*-256) / "
+            f"{self.tiny_rounds} x {self.tiny_calls} calls (tiny); train rounds {self.train_rounds} "
+            f"(x {self.tiny_calls} steps on tiny); "
+            f"compile reps {self.compile_reps}"
+        )
 
 
 FULL = Settings(seq=128, fwd_rounds=30, tiny_rounds=40, tiny_calls=20, train_rounds=15, compile_reps=5, warmup=3)
@@ -64,15 +78,27 @@ def bench_forward(work: Workload, variants: dict, inputs: dict, s: Settings) -> 
         m.eval()
     with torch.no_grad():
         times = interleaved(fns, rounds=rounds, calls=calls, warmup=s.warmup)
-    rows = [Row("forward", work.name, f"{n} / unpatched", "x", summarize(per_round(times, n, "unpatched")))
-            for n in FORWARD_VARIANTS if n != "unpatched"]
-    rows += [Row("forward", work.name, f"{n} / naive lora", "x", summarize(per_round(times, n, "naive lora")))
-             for n in ("lora", "lora hooks_only")]
+    rows = [
+        Row("forward", work.name, f"{n} / unpatched", "x", summarize(per_round(times, n, "unpatched")))
+        for n in FORWARD_VARIANTS
+        if n != "unpatched"
+    ]
+    rows += [
+        Row("forward", work.name, f"{n} / naive lora", "x", summarize(per_round(times, n, "naive lora")))
+        for n in ("lora", "lora hooks_only")
+    ]
     if work.tiny:  # on the larger models this difference is smaller than the run-to-run noise
         n_targets = len(_targets(variants["lora"]))
-        overhead = [(a - b) / n_targets * 1e6 for a, b in zip(times["lora"], times["naive lora"])]
-        rows.append(Row("forward", work.name, f"lora − naive, per patched module ({n_targets} modules)", "µs",
-                        summarize(overhead)))
+        overhead = [(a - b) / n_targets * 1e6 for a, b in zip(times["lora"], times["naive lora"], strict=True)]
+        rows.append(
+            Row(
+                "forward",
+                work.name,
+                f"lora − naive, per patched module ({n_targets} modules)",
+                "µs",
+                summarize(overhead),
+            )
+        )
     rows.append(Row("context", work.name, "unpatched forward", "ms", summarize([t * 1e3 for t in times["unpatched"]])))
     return rows
 
@@ -91,10 +117,14 @@ def bench_train(work: Workload, variants: dict, inputs: dict, s: Settings) -> li
         fns[name] = step
     calls = s.tiny_calls if work.tiny else 1
     times = interleaved(fns, rounds=s.train_rounds, calls=calls, warmup=s.warmup)
-    rows = [Row("train step", work.name, f"{n} / naive lora", "x", summarize(per_round(times, n, "naive lora")))
-            for n in TRAIN_VARIANTS if n != "naive lora"]
-    rows.append(Row("context", work.name, "naive lora train step", "ms",
-                    summarize([t * 1e3 for t in times["naive lora"]])))
+    rows = [
+        Row("train step", work.name, f"{n} / naive lora", "x", summarize(per_round(times, n, "naive lora")))
+        for n in TRAIN_VARIANTS
+        if n != "naive lora"
+    ]
+    rows.append(
+        Row("context", work.name, "naive lora train step", "ms", summarize([t * 1e3 for t in times["naive lora"]]))
+    )
     return rows
 
 
@@ -146,8 +176,11 @@ def run(s: Settings, only: list[str] | None) -> list[Row]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a ~30 s smoke run (numbers not meaningful)")
-    parser.add_argument("--out", type=Path, help="the markdown results file (default: bench/results.md, "
-                        "or bench/results-quick.md with --quick)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="the markdown results file (default: bench/results.md, or bench/results-quick.md with --quick)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2: the machine's cores)")
     parser.add_argument("--only", nargs="*", help="run only these workloads (e.g. bert-256 gpt2-tiny)")
     args = parser.parse_args(argv)

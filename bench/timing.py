@@ -26,8 +26,9 @@ def summarize(values: list[float]) -> Stat:
     return Stat(statistics.median(values), q[0], q[2], len(values))
 
 
-def interleaved(fns: dict[str, Callable[[], object]], *, rounds: int, calls: int, warmup: int = 3,
-                seed: int = 0) -> dict[str, list[float]]:
+def interleaved(
+    fns: dict[str, Callable[[], object]], *, rounds: int, calls: int, warmup: int = 3, seed: int = 0
+) -> dict[str, list[float]]:
     """Seconds per call of each function, one sample per round; each round runs every function once,
     in a fresh random order, so drift (thermal, other load) hits all variants alike."""
     for fn in fns.values():
@@ -54,7 +55,7 @@ def interleaved(fns: dict[str, Callable[[], object]], *, rounds: int, calls: int
 
 def per_round(times: dict[str, list[float]], num: str, den: str) -> list[float]:
     """``num / den`` in each round (both measured back to back, so the ratio cancels drift)."""
-    return [a / b for a, b in zip(times[num], times[den])]
+    return [a / b for a, b in zip(times[num], times[den], strict=True)]
 
 
 # -- compile time and its parts ---------------------------------------------------------------------

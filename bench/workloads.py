@@ -22,7 +22,7 @@ from torch import nn
 import fxdelta
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from zoo import ZOO  # noqa: E402  (the tiny configs of the test matrix)
+from zoo import ZOO
 
 LORA = {"delta_type": "lora", "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0}
 ADAPTER = {"delta_type": "adapter"}
@@ -72,13 +72,41 @@ def workloads(batch: int = 4, seq: int = 128) -> list[Workload]:
     """Small-but-real base models (no LM head: its vocab matmul would hide the deltas) and the zoo's tiny ones."""
     vocab = 1000  # only the embedding table depends on it; kept small so building is fast
     small = [
-        Workload("bert-256", _hf("BertConfig", "BertModel", vocab_size=vocab, hidden_size=256, num_hidden_layers=4,
-                                 num_attention_heads=4, intermediate_size=1024), _text(vocab, batch, seq), False),
-        Workload("gpt2-256", _hf("GPT2Config", "GPT2Model", vocab_size=vocab, n_embd=256, n_layer=4, n_head=4),
-                 _text(vocab, batch, seq), False),
-        Workload("llama-256", _hf("LlamaConfig", "LlamaModel", vocab_size=vocab, hidden_size=256, num_hidden_layers=4,
-                                  num_attention_heads=4, num_key_value_heads=4, intermediate_size=688),
-                 _text(vocab, batch, seq), False),
+        Workload(
+            "bert-256",
+            _hf(
+                "BertConfig",
+                "BertModel",
+                vocab_size=vocab,
+                hidden_size=256,
+                num_hidden_layers=4,
+                num_attention_heads=4,
+                intermediate_size=1024,
+            ),
+            _text(vocab, batch, seq),
+            False,
+        ),
+        Workload(
+            "gpt2-256",
+            _hf("GPT2Config", "GPT2Model", vocab_size=vocab, n_embd=256, n_layer=4, n_head=4),
+            _text(vocab, batch, seq),
+            False,
+        ),
+        Workload(
+            "llama-256",
+            _hf(
+                "LlamaConfig",
+                "LlamaModel",
+                vocab_size=vocab,
+                hidden_size=256,
+                num_hidden_layers=4,
+                num_attention_heads=4,
+                num_key_value_heads=4,
+                intermediate_size=688,
+            ),
+            _text(vocab, batch, seq),
+            False,
+        ),
     ]
     tiny = [
         Workload(f"{name}-tiny", ZOO[name].build_fn, ZOO[name].inputs_fn, True) for name in ("bert", "gpt2", "llama")
@@ -126,8 +154,15 @@ TRAIN_VARIANTS = ["naive lora", "lora", "lora hooks_only"]
 
 def build_variants(work: Workload, names: list[str]) -> dict[str, nn.Module]:
     """Every variant in ``names``, with identical (perturbed) LoRA weights in the LoRA variants."""
-    specs = {"lora": (LORA, False), "lora hooks_only": (LORA, True), "adapter": (ADAPTER, False), "bitfit": (BITFIT, False)}
-    assert "naive lora" not in names or "lora" in names, "the naive baseline copies the LoRA variant's targets and weights"
+    specs = {
+        "lora": (LORA, False),
+        "lora hooks_only": (LORA, True),
+        "adapter": (ADAPTER, False),
+        "bitfit": (BITFIT, False),
+    }
+    assert "naive lora" not in names or "lora" in names, (
+        "the naive baseline copies the LoRA variant's targets and weights"
+    )
     out: dict[str, nn.Module] = {}
     for name in names:
         model = work.build()

@@ -37,8 +37,25 @@ METHOD_CLASSES: dict[str, type] = {
 }
 globals().update(METHOD_CLASSES)
 
-__all__ = sorted([
-    "AutoDeltaConfig", "AutoDeltaModel", "CheckpointError", "ConfigError", "DeltaConfig", "DeltaModel",
-    "FxDeltaError", "NonLinearity", "Route", "SelectorError", "StateError", "UnsupportedModelError",
-    "Visualization", "compile", "delta_models", "load", "save", "show_graph", *METHOD_CLASSES,
-])
+__all__ = [
+    "METHOD_CLASSES",
+    "AutoDeltaConfig",
+    "AutoDeltaModel",
+    "CheckpointError",
+    "ConfigError",
+    "DeltaConfig",
+    "DeltaModel",
+    "FxDeltaError",
+    "NonLinearity",
+    "Route",
+    "SelectorError",
+    "StateError",
+    "UnsupportedModelError",
+    "Visualization",
+    "compile",
+    "delta_models",
+    "load",
+    "save",
+    "show_graph",
+]
+__all__ += sorted(METHOD_CLASSES)

@@ -35,7 +35,9 @@ def _configs(spec: Spec) -> list[DeltaConfig]:
     if isinstance(spec, (DeltaConfig, Mapping)):
         spec = [spec]
     if not isinstance(spec, Sequence) or not spec:
-        raise ConfigError("a delta spec is a dict (one delta), a non-empty list of dicts, or a path to a JSON file of either")
+        raise ConfigError(
+            "a delta spec is a dict (one delta), a non-empty list of dicts, or a path to a JSON file of either"
+        )
     return [s if isinstance(s, DeltaConfig) else config_from_dict(s) for s in spec]
 
 

@@ -25,9 +25,15 @@ def _backbone(seed: int = 0):
 
     torch.manual_seed(seed)  # the same seed stands for "the same pre-trained weights"
     config = transformers.BertConfig(
-        vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=128, num_labels=2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        vocab_size=VOCAB,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
     )
+    config.num_labels = 2
     return transformers.BertForSequenceClassification(config).eval()
 
 
@@ -43,10 +49,11 @@ def _accuracy(model, ids: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import fxdelta
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
+
+    import fxdelta
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=150)
@@ -66,15 +73,23 @@ def main(argv: list[str] | None = None) -> int:
     fxdelta.compile(model, spec)
     delta = next(iter(fxdelta.delta_models(model).values()))
     same = torch.equal(model(input_ids=test_ids).logits, before)
-    console.print(f"{len(delta.targets)} modules patched; output unchanged at init: {same}"
-                  + ("" if method.identity_at_init else " (this method cannot start as an identity)"))
+    console.print(
+        f"{len(delta.targets)} modules patched; output unchanged at init: {same}"
+        + ("" if method.identity_at_init else " (this method cannot start as an identity)")
+    )
     delta.freeze_module(exclude=["deltas", "classifier"])  # train the delta and the new task head
 
     console.rule("[bold]2. train with an ordinary PyTorch loop")
     acc_before = _accuracy(model, test_ids, test_labels)
     optimizer = torch.optim.AdamW((p for p in model.parameters() if p.requires_grad), lr=1e-2)
     model.train()
-    columns = (TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn())
+    columns = (
+        TextColumn("training"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.3f}"),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("train", total=args.steps, loss=float("nan"))
         for _ in range(args.steps):

@@ -156,7 +156,9 @@ def main(argv: list[str]) -> int:
     if not found:
         print("  longest chain:", " -> ".join(longest_chain(graph)))
         folders = folder_graph(graph)
-        print(f"folders and top-level files: {len(folders)}, floors: {floors(folders)}, circles: {len(circles(folders))}")
+        print(
+            f"folders and top-level files: {len(folders)}, floors: {floors(folders)}, circles: {len(circles(folders))}"
+        )
     return 0
 
 

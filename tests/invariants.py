@@ -13,15 +13,32 @@ import torch
 from torch import nn
 
 from fxdelta import (
-    AdapterModel, BitFitModel, CompacterModel, DeltaModel, DoraModel, IA3Model, LoraModel, LowRankAdapterModel,
-    ParallelAdapterModel, PrefixModel, SoftPromptModel,
+    AdapterModel,
+    BitFitModel,
+    CompacterModel,
+    DeltaModel,
+    DoraModel,
+    IA3Model,
+    LoraModel,
+    LowRankAdapterModel,
+    ParallelAdapterModel,
+    PrefixModel,
+    SoftPromptModel,
 )
+
 from zoo import METHOD_KWARGS, TORCH_TARGETS, ZOO, ZooModel
 
 METHODS: dict[str, type[DeltaModel]] = {
-    "lora": LoraModel, "adapter": AdapterModel, "bitfit": BitFitModel, "low_rank_adapter": LowRankAdapterModel,
-    "compacter": CompacterModel, "parallel_adapter": ParallelAdapterModel, "ia3": IA3Model, "dora": DoraModel,
-    "prefix": PrefixModel, "soft_prompt": SoftPromptModel,
+    "lora": LoraModel,
+    "adapter": AdapterModel,
+    "bitfit": BitFitModel,
+    "low_rank_adapter": LowRankAdapterModel,
+    "compacter": CompacterModel,
+    "parallel_adapter": ParallelAdapterModel,
+    "ia3": IA3Model,
+    "dora": DoraModel,
+    "prefix": PrefixModel,
+    "soft_prompt": SoftPromptModel,
 }
 LORA_LIKE = ("lora", "dora")  # methods with their own dropout (lora_dropout)
 
@@ -88,7 +105,9 @@ def perturb(params: Any, seed: int = 0, scale: float = NOISE) -> None:
 def _hook_counts(module: nn.Module) -> tuple[tuple[str, int], ...]:
     """Sizes of every hook dict of a module (forward, pre, backward, state_dict, load ...)."""
     return tuple(
-        sorted((k, len(v)) for k, v in vars(module).items() if k.startswith("_") and "hooks" in k and isinstance(v, dict))
+        sorted(
+            (k, len(v)) for k, v in vars(module).items() if k.startswith("_") and "hooks" in k and isinstance(v, dict)
+        )
     )
 
 

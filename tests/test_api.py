@@ -11,9 +11,10 @@ import torch
 
 import fxdelta
 from fxdelta import LoraConfig
-from fxdelta.inspect import graph_nodes, to_networkx
 from fxdelta.compiler.state import BackboneState
+from fxdelta.inspect import graph_nodes, to_networkx
 from fxdelta.sites.base import SiteKind
+
 from zoo import ZOO
 
 
@@ -105,7 +106,7 @@ def test_transformer_encoder_fast_path_still_sees_the_delta():
 
 
 def test_import_is_light(tmp_path):
-    heavy = ('transformers', 'rich', 'safetensors', 'networkx')
+    heavy = ("transformers", "rich", "safetensors", "networkx")
     code = f"import sys, fxdelta; print(sorted(m for m in {heavy} if m in sys.modules))"
     # cwd away from the source tree, so the installed package is imported
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path).stdout

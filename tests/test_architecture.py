@@ -7,20 +7,44 @@ import pytest
 
 from fxdelta.deltas.classes import model_class_for
 from fxdelta.methods.registry import ALIASES, METHODS
+
 from import_graph import circles, folder_of, import_graph, module_files
 
 ROOT = Path(__file__).resolve().parents[1]
 # A folder (or top-level file) may import only from itself and from those listed before it.
 LAYERS = [
-    "fxdelta.passes", "fxdelta.core", "fxdelta.spec", "fxdelta.sites", "fxdelta.compiler", "fxdelta.methods",
-    "fxdelta.inspect", "fxdelta.io", "fxdelta.deltas", "fxdelta.api", "fxdelta", "fxdelta.demo",
+    "fxdelta.passes",
+    "fxdelta.core",
+    "fxdelta.spec",
+    "fxdelta.sites",
+    "fxdelta.compiler",
+    "fxdelta.methods",
+    "fxdelta.inspect",
+    "fxdelta.io",
+    "fxdelta.deltas",
+    "fxdelta.api",
+    "fxdelta",
+    "fxdelta.demo",
 ]
 # The stages that must work for any method: they never name one (core/routes.py names the routes and
 # sites/base.py the site kinds, some of which share their name with the method that uses them).
-METHOD_AGNOSTIC = ["fxdelta/core/calls.py", "fxdelta/core/entries.py", "fxdelta/core/errors.py",
-                   "fxdelta/core/handles.py", "fxdelta/core/paths.py", "fxdelta/core/records.py", "fxdelta/spec", "fxdelta/compiler", "fxdelta/deltas", "fxdelta/inspect",
-                   "fxdelta/io", "fxdelta/sites/graph.py", "fxdelta/sites/hooks.py",
-                   "fxdelta/sites/carrier.py", "fxdelta/api.py"]
+METHOD_AGNOSTIC = [
+    "fxdelta/core/calls.py",
+    "fxdelta/core/entries.py",
+    "fxdelta/core/errors.py",
+    "fxdelta/core/handles.py",
+    "fxdelta/core/paths.py",
+    "fxdelta/core/records.py",
+    "fxdelta/spec",
+    "fxdelta/compiler",
+    "fxdelta/deltas",
+    "fxdelta/inspect",
+    "fxdelta/io",
+    "fxdelta/sites/graph.py",
+    "fxdelta/sites/hooks.py",
+    "fxdelta/sites/carrier.py",
+    "fxdelta/api.py",
+]
 GRAPH = import_graph(ROOT)
 FILES = module_files(ROOT)
 
@@ -67,7 +91,11 @@ def test_the_pipeline_names_no_method(file):
     for node in ast.walk(tree):
         if isinstance(node, ast.Constant) and node.value in names:
             found.append(repr(node.value))
-        if isinstance(node, ast.Attribute) and node.attr in ("PREFIX", "PROMPT") and getattr(node.value, "id", "") == "Route":
+        if (
+            isinstance(node, ast.Attribute)
+            and node.attr in ("PREFIX", "PROMPT")
+            and getattr(node.value, "id", "") == "Route"
+        ):
             found.append(f"Route.{node.attr}")
     assert found == []
 

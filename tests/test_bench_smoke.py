@@ -14,8 +14,15 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ["bert-256", "gpt2-256", "llama-256", "bert-tiny", "gpt2-tiny", "llama-tiny"]
-FORWARD = ["naive lora / unpatched", "lora / unpatched", "lora hooks_only / unpatched", "adapter / unpatched",
-           "bitfit / unpatched", "lora / naive lora", "lora hooks_only / naive lora"]
+FORWARD = [
+    "naive lora / unpatched",
+    "lora / unpatched",
+    "lora hooks_only / unpatched",
+    "adapter / unpatched",
+    "bitfit / unpatched",
+    "lora / naive lora",
+    "lora hooks_only / naive lora",
+]
 TRAIN = ["lora / naive lora", "lora hooks_only / naive lora"]
 COMPILE = [f"{m}: {p}" for m in ("lora", "adapter", "bitfit") for p in ("total", "observe", "plan", "install", "other")]
 NUMBER = r"-?\d+\.\d+"
@@ -27,8 +34,7 @@ def test_quick_bench_writes_every_row(tmp_path: Path) -> None:
     # Run as `make bench` does (the script's folder first on sys.path, fxdelta from the install), on one
     # thread: under `pytest -n 2` the other worker holds the second core, and two torch threads would thrash.
     cmd = [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--threads", "1", "--out", str(out)]
-    proc = subprocess.run(cmd,
-                          cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = out.read_text()
     assert "torch " in text and "transformers " in text and "machine:" in text

@@ -7,6 +7,7 @@ from torch import nn
 
 import fxdelta
 from fxdelta import AutoDeltaModel, BitFitModel, CheckpointError, LoraModel
+
 from snapshot import assert_unchanged, snapshot
 from zoo import ZOO
 
@@ -30,8 +31,9 @@ def _saved(tmp_path, model=None):
 
 def _bert(hidden: int) -> nn.Module:
     torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=64, hidden_size=hidden, num_hidden_layers=2, num_attention_heads=4,
-                                     intermediate_size=48)
+    config = transformers.BertConfig(
+        vocab_size=64, hidden_size=hidden, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48
+    )
     return transformers.BertForMaskedLM(config).eval()
 
 
@@ -90,7 +92,7 @@ def test_missing_folder_and_folder_without_config(tmp_path, bert):
     with pytest.raises(CheckpointError, match="no delta checkpoint folder at"):
         AutoDeltaModel.from_finetuned(tmp_path / "nope", backbone_model=fresh)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(CheckpointError, match="has no delta_config.json"):
+    with pytest.raises(CheckpointError, match=r"has no delta_config\.json"):
         fxdelta.load(fresh, tmp_path / "empty")
     assert_unchanged(fresh, before, inputs)
 
@@ -125,6 +127,6 @@ def test_from_finetuned_refuses_a_multi_delta_checkpoint(tmp_path):
     fxdelta.save(model, tmp_path / "two")
     fresh, inputs = ZOO["bert"].build(), ZOO["bert"].inputs()
     before = snapshot(fresh, inputs)
-    with pytest.raises(CheckpointError, match="holds 2 deltas; use fxdelta.load"):
+    with pytest.raises(CheckpointError, match=r"holds 2 deltas; use fxdelta\.load"):
         AutoDeltaModel.from_finetuned(tmp_path / "two", backbone_model=fresh)
     assert_unchanged(fresh, before, inputs)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import fxdelta
+
 from zoo import ZOO
 
 SPECS = {

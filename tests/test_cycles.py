@@ -11,6 +11,7 @@ from torch.fx.graph_module import _loader  # torch.fx keeps the source of every 
 import fxdelta
 from fxdelta.compiler.state import BackboneState
 from fxdelta.sites.base import SiteKind
+
 from zoo import ZOO
 
 CYCLES = 10_000

@@ -18,7 +18,10 @@ def _demo_script() -> str:
 def test_demo_runs(tmp_path, method):
     result = subprocess.run(
         [_demo_script(), "--steps", "20", "--method", method, "--out", str(tmp_path / "ckpt")],
-        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     out = result.stdout

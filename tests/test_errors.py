@@ -1,7 +1,8 @@
 """Bad input fails with a clear error AND leaves the model exactly as it was.
 
-Checkpoint errors are in test_checkpoint_errors.py. Every test snapshots the model first (tensors, hooks, instance forwards, classes, module names,
-fxdelta's state attribute, the output on a fixed input) and checks the snapshot after the error.
+Checkpoint errors are in test_checkpoint_errors.py. Every test snapshots the model first (tensors, hooks,
+instance forwards, classes, module names, fxdelta's state attribute, the output on a fixed input) and checks
+the snapshot after the error.
 """
 
 import pytest
@@ -10,9 +11,22 @@ from torch import nn
 
 import fxdelta
 from fxdelta import (
-    AdapterModel, AutoDeltaConfig, AutoDeltaModel, BitFitModel, CompacterModel, ConfigError, DoraModel, LoraModel,
-    LowRankAdapterModel, ParallelAdapterModel, PrefixModel, SelectorError, SoftPromptModel, UnsupportedModelError,
+    AdapterModel,
+    AutoDeltaConfig,
+    AutoDeltaModel,
+    BitFitModel,
+    CompacterModel,
+    ConfigError,
+    DoraModel,
+    LoraModel,
+    LowRankAdapterModel,
+    ParallelAdapterModel,
+    PrefixModel,
+    SelectorError,
+    SoftPromptModel,
+    UnsupportedModelError,
 )
+
 from snapshot import assert_unchanged, run, snapshot
 from zoo import ZOO
 
@@ -100,7 +114,9 @@ def test_adapter_without_positions_on_a_plain_model():
     torch.manual_seed(0)
     model, inputs = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2)), (torch.randn(3, 8),)
     before = snapshot(model, inputs)
-    with pytest.raises(UnsupportedModelError, match=r"no default positions for Sequential.*modified_modules=\[\.\.\.\]"):
+    with pytest.raises(
+        UnsupportedModelError, match=r"no default positions for Sequential.*modified_modules=\[\.\.\.\]"
+    ):
         AdapterModel(model)
     assert_unchanged(model, before, inputs)
 
@@ -164,8 +180,12 @@ def test_compile_list_is_all_or_nothing(bert, bad, error):
         ("bert", (LoraModel, {}), (BitFitModel, {"modified_modules": ["nope"]}), SelectorError),
         ("bert", (AdapterModel, {}), (LoraModel, {"lora_r": 0}), ConfigError),
         # Fails after observing the backbone, which takes the first delta's sites out and back in.
-        ("transformer-encoder", (LoraModel, {"modified_modules": ["linear2"]}),
-         (LoraModel, {"modified_modules": ["out_proj"]}), UnsupportedModelError),
+        (
+            "transformer-encoder",
+            (LoraModel, {"modified_modules": ["linear2"]}),
+            (LoraModel, {"modified_modules": ["out_proj"]}),
+            UnsupportedModelError,
+        ),
     ],
     ids=["selector", "config", "never-called"],
 )
@@ -201,7 +221,11 @@ def test_failed_second_delta_keeps_the_first(family, first, second, error):
     "cls, kwargs, message",
     [
         # the zoo's hidden size is 32
-        (LowRankAdapterModel, {"reduction_factor": 64}, r"reduction_factor=64 leaves no bottleneck for the 32 features"),
+        (
+            LowRankAdapterModel,
+            {"reduction_factor": 64},
+            r"reduction_factor=64 leaves no bottleneck for the 32 features",
+        ),
         (CompacterModel, {"reduction_factor": 16}, r"hypercomplex_division=4 must divide .* the bottleneck 2"),
         (CompacterModel, {"shared_phm_rule": True}, r"shared_phm_rule=True is not supported"),
         (DoraModel, {"modified_modules": ["LayerNorm"]}, r"cannot patch .*LayerNorm"),
@@ -221,8 +245,18 @@ def test_sizes_that_do_not_fit_the_model(bert, cls, kwargs, message):
     [
         ("vit", lambda m: SoftPromptModel(m), UnsupportedModelError, "soft prompt on a model without input embeddings"),
         ("mlp", lambda m: SoftPromptModel(m), UnsupportedModelError, "soft prompt on a model without input embeddings"),
-        ("mlp", lambda m: PrefixModel(m, modified_modules=["fc1"]), SelectorError, "not a self-attention fxdelta can prefix"),
-        ("gpt2", lambda m: PrefixModel(m, modified_modules=["h.1.attn"]), ConfigError, "must cover all of its 2 self-attention"),
+        (
+            "mlp",
+            lambda m: PrefixModel(m, modified_modules=["fc1"]),
+            SelectorError,
+            "not a self-attention fxdelta can prefix",
+        ),
+        (
+            "gpt2",
+            lambda m: PrefixModel(m, modified_modules=["h.1.attn"]),
+            ConfigError,
+            "must cover all of its 2 self-attention",
+        ),
     ],
     ids=["soft-prompt-on-vit", "soft-prompt-on-mlp", "prefix-on-mlp", "prefix-on-half-a-decoder"],
 )

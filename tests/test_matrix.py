@@ -17,8 +17,20 @@ from safetensors.torch import load_file
 
 import fxdelta
 from fxdelta import AutoDeltaModel
+
 from invariants import (
-    LORA_LIKE, METHODS, NOISE, delta_kwargs, generation_inputs, module_types, patch, perturb, run, snapshot, spec, state_copy,
+    LORA_LIKE,
+    METHODS,
+    NOISE,
+    delta_kwargs,
+    generation_inputs,
+    module_types,
+    patch,
+    perturb,
+    run,
+    snapshot,
+    spec,
+    state_copy,
 )
 from zoo import ZOO
 
@@ -52,8 +64,14 @@ def cells(test: str, where=lambda zm, method: True) -> list:
     for name, method in itertools.product(ZOO, METHODS):
         if not applies(ZOO[name], method) or not where(ZOO[name], method):
             continue
-        reason = next((KNOWN_GAPS[k] for k in [(test, name, method), (test, None, method), (None, name, method)]
-                       if k in KNOWN_GAPS), None)
+        reason = next(
+            (
+                KNOWN_GAPS[k]
+                for k in [(test, name, method), (test, None, method), (None, name, method)]
+                if k in KNOWN_GAPS
+            ),
+            None,
+        )
         marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
         out.append(pytest.param(name, method, id=f"{name}-{method}", marks=marks))
     return out
@@ -199,8 +217,12 @@ def test_generate_cache_matches_no_cache(name, method):
     def generate(use_cache: bool):
         with torch.no_grad():
             return p.model.generate(
-                **inputs, max_new_tokens=6, do_sample=False, use_cache=use_cache,
-                output_scores=True, return_dict_in_generate=True,
+                **inputs,
+                max_new_tokens=6,
+                do_sample=False,
+                use_cache=use_cache,
+                output_scores=True,
+                return_dict_in_generate=True,
             )
 
     cached, uncached = generate(True), generate(False)
@@ -245,9 +267,13 @@ def test_save_and_load_on_fresh_backbone(name, method, tmp_path):
 
 
 # -- 3 (several deltas): several methods at once, independent in any order ------------------------
-COMBOS = {"lora+adapter+bitfit": ("lora", "adapter", "bitfit"), "dora+ia3+parallel": ("dora", "ia3", "parallel_adapter"),
-          "lowrank+compacter": ("low_rank_adapter", "compacter"), "prefix+lora+ia3": ("prefix", "lora", "ia3"),
-          "soft_prompt+prefix+adapter": ("soft_prompt", "prefix", "adapter")}
+COMBOS = {
+    "lora+adapter+bitfit": ("lora", "adapter", "bitfit"),
+    "dora+ia3+parallel": ("dora", "ia3", "parallel_adapter"),
+    "lowrank+compacter": ("low_rank_adapter", "compacter"),
+    "prefix+lora+ia3": ("prefix", "lora", "ia3"),
+    "soft_prompt+prefix+adapter": ("soft_prompt", "prefix", "adapter"),
+}
 
 
 def combo_cells() -> list:

@@ -112,8 +112,10 @@ def formula(method: str, d: int, layers: int, ff: int, **kw) -> int:
         return layers * 2 * ((d * r + r * m + m) + (m * r + r * d + d))
     if method == "compacter":  # two PHM layers: n rules (n, n, n) + factorized weights + biases
         n, m = kw.get("hypercomplex_division", 4), d // kw.get("reduction_factor", 16)
+
         def phm(i, o):
-            return n ** 3 + n * (i // n) + n * (o // n) + o  # rank-1 factors
+            return n**3 + n * (i // n) + n * (o // n) + o  # rank-1 factors
+
         return layers * 2 * (phm(d, m) + phm(m, d))
     if method == "parallel_adapter":  # around attention, and FFN input -> FFN output
         m = kw.get("bottleneck_dim", 24)
@@ -130,14 +132,28 @@ def formula(method: str, d: int, layers: int, ff: int, **kw) -> int:
 
 @pytest.mark.parametrize(
     "method",
-    ["lora", "dora", "adapter", "bitfit", "ia3", "low_rank_adapter", "compacter", "parallel_adapter", "prefix",
-     "prefix (merged)", "soft_prompt"],
+    [
+        "lora",
+        "dora",
+        "adapter",
+        "bitfit",
+        "ia3",
+        "low_rank_adapter",
+        "compacter",
+        "parallel_adapter",
+        "prefix",
+        "prefix (merged)",
+        "soft_prompt",
+    ],
 )
 def test_parameter_counts_follow_the_formula(method):
     torch.manual_seed(0)
     d, layers, ff = 64, 2, 128  # a miniature of BERT-base (768, 12, 3072); the README has the full sizes
-    model = transformers.BertModel(transformers.BertConfig(
-        vocab_size=50, hidden_size=d, num_hidden_layers=layers, num_attention_heads=4, intermediate_size=ff))
+    model = transformers.BertModel(
+        transformers.BertConfig(
+            vocab_size=50, hidden_size=d, num_hidden_layers=layers, num_attention_heads=4, intermediate_size=ff
+        )
+    )
     fxdelta.compile(model, {"delta_type": method.split()[0]})
     (handle,) = fxdelta.delta_models(model).values()
     if "merged" in method:

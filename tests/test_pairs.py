@@ -5,9 +5,10 @@ import torch
 from torch import nn
 
 from fxdelta import ConfigError, ParallelAdapterModel, SelectorError
-from fxdelta.inspect import to_networkx
 from fxdelta.compiler.state import BackboneState
+from fxdelta.inspect import to_networkx
 from fxdelta.sites.base import SiteKind
+
 from zoo import ZOO
 
 
@@ -42,7 +43,7 @@ def test_graph_and_hooks_agree_on_pairs(name):
     graph_model, hook_model = zm.build(), zm.build()
     graph = perturbed(ParallelAdapterModel(graph_model))
     hooks = ParallelAdapterModel(hook_model, hooks_only=True)
-    for a, b in zip(graph.entries, hooks.entries):  # same architecture, same order: copy the values across
+    for a, b in zip(graph.entries, hooks.entries, strict=True):  # same architecture, same order: copy the values across
         b.delta.load_state_dict(a.delta.state_dict())
     assert SiteKind.INPUT_CARRIER in kinds(hook_model)
     with torch.no_grad():

@@ -10,13 +10,13 @@ from torch import nn
 from transformers.modeling_outputs import BaseModelOutput
 
 from fxdelta import AdapterModel, BitFitModel, LoraModel
-from fxdelta.core.entries import Entry
+from fxdelta.compiler.state import BackboneState
+from fxdelta.core.entries import DeltaContainer, Entry
+from fxdelta.core.routes import Route
+from fxdelta.sites.base import SiteKind
 from fxdelta.sites.graph import GraphSite
 from fxdelta.sites.hooks import HookSite
-from fxdelta.core.routes import Route
-from fxdelta.compiler.state import BackboneState
-from fxdelta.sites.base import SiteKind
-from fxdelta.core.entries import DeltaContainer
+
 from zoo import ZOO
 
 IN, OUT = 4, 6  # the patched nn.Linear(IN, OUT): the routes need different delta shapes
@@ -44,8 +44,10 @@ class _InOutDelta(nn.Module):
 
 def _entries(target: str, routes: list[Route], dim_in: int = IN, dim_out: int = OUT) -> list[Entry]:
     shapes = {
-        Route.INPUT: (dim_in, dim_in), Route.OUTPUT: (dim_out, dim_out),
-        Route.PARALLEL: (dim_in, dim_out), Route.IN_OUT: (dim_in, dim_out),
+        Route.INPUT: (dim_in, dim_in),
+        Route.OUTPUT: (dim_out, dim_out),
+        Route.PARALLEL: (dim_in, dim_out),
+        Route.IN_OUT: (dim_in, dim_out),
     }
 
     def make(route: Route, seed: int) -> nn.Module:

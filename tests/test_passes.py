@@ -13,8 +13,8 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from fxdelta.passes import insert_input, insert_output, insert_parallel
 from fxdelta.inspect import to_networkx
+from fxdelta.passes import insert_input, insert_output, insert_parallel
 
 
 class Residual(nn.Module):

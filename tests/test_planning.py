@@ -28,7 +28,9 @@ class Nested(nn.Module):
 
 
 def sites(model):
-    return sorted((s.kind.value, s.path, tuple(sorted({e.target for e in s.entries}))) for s in BackboneState.find(model).sites)
+    return sorted(
+        (s.kind.value, s.path, tuple(sorted({e.target for e in s.entries}))) for s in BackboneState.find(model).sites
+    )
 
 
 def build():

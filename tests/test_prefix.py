@@ -9,6 +9,7 @@ import fxdelta
 from fxdelta import ConfigError, PrefixModel, SelectorError
 from fxdelta.compiler.state import BackboneState
 from fxdelta.sites.base import SiteKind
+
 from padding import assert_padded_row_equals_row_alone, padded_mask
 from zoo import ZOO
 
@@ -36,10 +37,13 @@ def oracle_cache(model, handle, batch):
 @pytest.mark.parametrize("name", ["gpt2", "llama"])
 @pytest.mark.parametrize("padding", ["none", "left", "right"])
 def test_equals_the_model_given_the_prefix_as_past_key_values(name, padding):
-    zm, model, handle = prefixed(name)
+    _zm, model, handle = prefixed(name)
     ids = torch.randint(3, 64, (2, 6), generator=torch.Generator().manual_seed(1))
-    mask = {"none": torch.ones(2, 6, dtype=torch.long), "left": padded_mask([6, 3], 6, left=True),
-            "right": padded_mask([6, 4], 6, left=False)}[padding]
+    mask = {
+        "none": torch.ones(2, 6, dtype=torch.long),
+        "left": padded_mask([6, 3], 6, left=True),
+        "right": padded_mask([6, 4], 6, left=False),
+    }[padding]
     with torch.no_grad():
         got = model(input_ids=ids, attention_mask=mask).logits
         handle.detach()
@@ -49,22 +53,31 @@ def test_equals_the_model_given_the_prefix_as_past_key_values(name, padding):
     assert (got - want)[real].abs().max() < 1e-5
 
 
-@pytest.mark.parametrize("name, left", [("bert", False), ("distilbert", False), ("t5", False), ("gpt2", True), ("llama", True)])
+@pytest.mark.parametrize(
+    "name, left", [("bert", False), ("distilbert", False), ("t5", False), ("gpt2", True), ("llama", True)]
+)
 def test_padded_rows_equal_the_rows_alone(name, left):
-    zm, model, handle = prefixed(name)
+    zm, model, _handle = prefixed(name)
     ids = torch.randint(3, 64, (2, 6), generator=torch.Generator().manual_seed(2))
     assert_padded_row_equals_row_alone(zm, model, ids, padded_mask([6, 4], 6, left), left)
 
 
 @pytest.mark.parametrize("name", ["gpt2", "llama", "qwen2", "opt", "t5", "bart"])
 def test_generate_with_and_without_cache(name):
-    zm, model, handle = prefixed(name)
+    _zm, model, handle = prefixed(name)
     with torch.no_grad():
         for p in handle.parameters():
             p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(3)))
     ids = torch.randint(3, 64, (2, 5), generator=torch.Generator().manual_seed(4))
-    kw = dict(input_ids=ids, attention_mask=padded_mask([5, 3], 5, left=not model.config.is_encoder_decoder),
-              max_new_tokens=6, min_new_tokens=6, do_sample=False, return_dict_in_generate=True, output_scores=True)
+    kw = dict(
+        input_ids=ids,
+        attention_mask=padded_mask([5, 3], 5, left=not model.config.is_encoder_decoder),
+        max_new_tokens=6,
+        min_new_tokens=6,
+        do_sample=False,
+        return_dict_in_generate=True,
+        output_scores=True,
+    )
     with torch.no_grad():
         cached, uncached = model.generate(**kw, use_cache=True), model.generate(**kw, use_cache=False)
     assert torch.equal(cached.sequences, uncached.sequences)
@@ -86,7 +99,9 @@ def test_reparameterized_training_merge_and_checkpoint(tmp_path):
         trained = zm.run(model, x)
     handle.save_finetuned(tmp_path / "prefix")  # saves the prefixes the MLP makes
     handle.merge()
-    assert not handle.config.reparameterize and SiteKind.PREFIX_REFRESH not in {s.kind for s in BackboneState.find(model).sites}
+    assert not handle.config.reparameterize and SiteKind.PREFIX_REFRESH not in {
+        s.kind for s in BackboneState.find(model).sites
+    }
     with torch.no_grad():
         torch.testing.assert_close(zm.run(model, x), trained, atol=1e-6, rtol=0)
     fresh = fxdelta.load(zm.build(), tmp_path / "prefix")
@@ -113,12 +128,12 @@ def test_activation_checkpointing_gives_the_same_gradients(name):
         out = zm.run(model, x)
         out.pow(2).mean().backward()
         grads.append([p.grad.clone() for p in handle.parameters()])
-    for a, b in zip(*grads):
+    for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
 
 def test_two_prefixes_concatenate_and_detach_independently():
-    zm, model, first = prefixed("llama")
+    zm, model, _first = prefixed("llama")
     x = zm.inputs()
     with torch.no_grad():
         base_first = zm.run(model, x)
@@ -141,5 +156,5 @@ def test_errors_leave_the_model_alone():
         PrefixModel(ZOO["deberta-v2"].build(), **SMALL)
     with pytest.raises(SelectorError, match="not a self-attention fxdelta can prefix"):
         PrefixModel(ZOO["mlp"].build(), modified_modules=["fc1"], **SMALL)
-    with pytest.raises(ConfigError, match="PrefixConfig.prefix_token_num must be a positive int"):
+    with pytest.raises(ConfigError, match=r"PrefixConfig\.prefix_token_num must be a positive int"):
         PrefixModel(model, prefix_token_num=0)

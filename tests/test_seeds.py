@@ -15,9 +15,19 @@ from fxdelta import AdapterModel, AutoDeltaConfig, AutoDeltaModel, LoraModel, Vi
 def tiny_bart_classifier(seed=0):
     torch.manual_seed(seed)
     config = transformers.BartConfig(
-        vocab_size=64, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-        decoder_attention_heads=4, encoder_ffn_dim=48, decoder_ffn_dim=48, max_position_embeddings=64,
-        num_labels=3, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+        vocab_size=64,
+        d_model=32,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=48,
+        decoder_ffn_dim=48,
+        max_position_embeddings=64,
+        num_labels=3,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
     )
     return transformers.BartForSequenceClassification(config).eval()
 
@@ -145,8 +155,11 @@ def test_delta_model_is_not_called():
 # -- the paper (arXiv 2307.03084), figures 2, 4 and 5 -------------------------------------------------
 def test_paper_figure_2_migration():
     torch.manual_seed(0)  # AutoModel of bert-base-cased: a BertModel, which has a pooler
-    model = transformers.BertModel(transformers.BertConfig(
-        vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48))
+    model = transformers.BertModel(
+        transformers.BertConfig(
+            vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48
+        )
+    )
     Visualization(model).structure_graph(file=io.StringIO())
     delta_model = LoraModel(backbone_model=model, modified_modules=["output.dense", "query"])
     delta_model.freeze_module(exclude=["deltas", "pooler"], set_state_dict=True)
@@ -160,8 +173,17 @@ def test_paper_figure_2_migration():
 def test_paper_figure_4_multitask_serving():
     """One backbone, three task deltas: attach, generate, detach, per request."""
     torch.manual_seed(0)
-    config = transformers.T5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_heads=4,
-                                   decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+    config = transformers.T5Config(
+        vocab_size=64,
+        d_model=32,
+        d_kv=8,
+        d_ff=48,
+        num_layers=2,
+        num_heads=4,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
+    )
     model = transformers.T5ForConditionalGeneration(config).eval()
     deltas = {}
     for task in ("spelling", "topic", "question"):

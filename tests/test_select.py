@@ -11,6 +11,7 @@ import pytest
 
 from fxdelta import ConfigError, LoraModel, SelectorError
 from fxdelta.spec.selectors import closest_names, compile_pattern, matches, select
+
 from zoo import ZOO
 
 # A BART-like name list, in named_modules() order ("" is the root).

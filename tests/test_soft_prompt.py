@@ -6,6 +6,7 @@ import torch
 
 import fxdelta
 from fxdelta import FxDeltaError, PrefixModel, SoftPromptModel, UnsupportedModelError
+
 from padding import assert_padded_row_equals_row_alone, padded_mask
 from zoo import ZOO
 
@@ -48,17 +49,24 @@ def test_equals_the_model_given_the_prompt_as_inputs_embeds(name):
 
 @pytest.mark.parametrize("name, left", [("bert", False), ("t5", False), ("gpt2", True), ("llama", True)])
 def test_padded_rows_equal_the_rows_alone(name, left):
-    zm, model, handle = prompted(name)
+    zm, model, _handle = prompted(name)
     ids, mask = ids_and_mask(left)
     assert_padded_row_equals_row_alone(zm, model, ids, mask, left)
 
 
 @pytest.mark.parametrize("name", ["gpt2", "llama", "opt", "t5", "bart"])
 def test_generate_with_and_without_cache_on_a_padded_batch(name):
-    zm, model, handle = prompted(name)
+    _zm, model, _handle = prompted(name)
     ids, mask = ids_and_mask(left=not model.config.is_encoder_decoder)
-    kw = dict(input_ids=ids, attention_mask=mask, max_new_tokens=5, min_new_tokens=5, do_sample=False,
-              return_dict_in_generate=True, output_logits=True)
+    kw = dict(
+        input_ids=ids,
+        attention_mask=mask,
+        max_new_tokens=5,
+        min_new_tokens=5,
+        do_sample=False,
+        return_dict_in_generate=True,
+        output_logits=True,
+    )
     with torch.no_grad():
         cached, uncached = model.generate(**kw, use_cache=True), model.generate(**kw, use_cache=False)
     assert torch.equal(cached.sequences, uncached.sequences)
@@ -67,7 +75,7 @@ def test_generate_with_and_without_cache_on_a_padded_batch(name):
 
 
 def test_causal_lm_labels_work_unchanged():
-    zm, model, handle = prompted("gpt2")
+    zm, model, _handle = prompted("gpt2")
     x = zm.inputs()
     out = model(**x, labels=x["input_ids"])
     logits = out.logits[:, :-1].reshape(-1, out.logits.shape[-1])
@@ -85,7 +93,9 @@ def test_training_reaches_only_the_soft_tokens_and_checkpointing_agrees():
             model.activation_checkpointing_enable()
         x = zm.inputs()
         model(**x, labels=x["input_ids"]).loss.backward()
-        assert [n for n, p in model.named_parameters() if p.grad is not None] == [n for n, _ in handle.named_parameters()]
+        assert [n for n, p in model.named_parameters() if p.grad is not None] == [
+            n for n, _ in handle.named_parameters()
+        ]
         grads.append(next(handle.parameters()).grad.clone())
     torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-5)
 
@@ -95,8 +105,10 @@ def test_with_a_prefix_on_the_same_stack_the_order_of_attach_does_not_matter():
     for prefix_first in (True, False):
         zm = ZOO["llama"]
         model = zm.build()
-        make = [lambda: PrefixModel(model, prefix_token_num=2, reparameterize=False),
-                lambda: SoftPromptModel(model, soft_token_num=N)]
+        make = [
+            lambda model=model: PrefixModel(model, prefix_token_num=2, reparameterize=False),
+            lambda model=model: SoftPromptModel(model, soft_token_num=N),
+        ]
         for build in make if prefix_first else make[::-1]:
             build()
         with torch.no_grad():
@@ -105,17 +117,20 @@ def test_with_a_prefix_on_the_same_stack_the_order_of_attach_does_not_matter():
 
 
 def test_restarting_generate_from_a_returned_cache_with_the_full_sequence_is_an_error():
-    zm, model, handle = prompted("llama")
+    _zm, model, _handle = prompted("llama")
     ids = torch.randint(3, 64, (1, 6), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         first = model.generate(input_ids=ids, max_new_tokens=2, do_sample=False, return_dict_in_generate=True)
         with pytest.raises(FxDeltaError, match="Pass only the new input_ids"):
-            model(input_ids=first.sequences, attention_mask=torch.ones_like(first.sequences),
-                  past_key_values=first.past_key_values)
+            model(
+                input_ids=first.sequences,
+                attention_mask=torch.ones_like(first.sequences),
+                past_key_values=first.past_key_values,
+            )
 
 
 def test_token_init_and_errors():
-    zm, model, handle = prompted("bert", token_init="first")
+    _zm, model, handle = prompted("bert", token_init="first")
     embedding = model.get_input_embeddings()
     assert torch.equal(next(handle.parameters()), embedding.weight[:N])
     _, _, sampled = prompted("bert")

@@ -7,6 +7,7 @@ from fxdelta.core.errors import UnsupportedModelError
 from fxdelta.spec.method import is_linear_like
 from fxdelta.spec.selectors import select
 from fxdelta.spec.structure import COMMON_STRUCTURE, default_selectors
+
 from zoo import HF_FAMILIES, ZOO
 
 POSITIONS = ["attn.q", "attn.k", "attn.v", "attn.o", "ff.w1", "ff.w2", "layer_norm", "attn", "ff", "ff.in", "ff.act"]
@@ -43,13 +44,19 @@ def test_position_resolves(family, position):
     elif position == "attn":
         assert all("Attention" in type(modules[t]).__name__ for t in targets)
     elif position == "ff.act":
-        assert all("Activation" in type(modules[t]).__name__ or "Intermediate" in type(modules[t]).__name__
-                   or isinstance(modules[t], (nn.ReLU, nn.GELU, nn.SiLU)) for t in targets), targets
+        assert all(
+            "Activation" in type(modules[t]).__name__
+            or "Intermediate" in type(modules[t]).__name__
+            or isinstance(modules[t], (nn.ReLU, nn.GELU, nn.SiLU))
+            for t in targets
+        ), targets
     elif position == "layer_norm":
         assert len(targets) >= LAYERS
         assert all("Norm" in type(modules[t]).__name__ for t in targets)
         # block norms only: no embedding or final norm of a whole stack
-        assert not any(t.endswith(("embeddings.LayerNorm", "final_layer_norm")) and ".layers." not in t for t in targets)
+        assert not any(
+            t.endswith(("embeddings.LayerNorm", "final_layer_norm")) and ".layers." not in t for t in targets
+        )
 
 
 def test_unknown_family_asks_for_modified_modules():

@@ -38,7 +38,12 @@ class Built:
 
 
 def build_entries(
-    state: BackboneState, method: Method, config: DeltaConfig, name: str, *, example_inputs: Any = None,
+    state: BackboneState,
+    method: Method,
+    config: DeltaConfig,
+    name: str,
+    *,
+    example_inputs: Any = None,
     hooks_only: bool = False,
 ) -> Built:
     """The delta modules of ``config`` on ``state.backbone``, as entries named ``name``."""
@@ -56,18 +61,32 @@ def build_entries(
     for source, target in pairs:
         info = _target_info(state, method, config, modules, source, target, probed.get(target))
         infos.append(info)
-        entries.append(Entry(
-            target, method.route, method.build(config, info), name, order, hooks_only=hooks_only, source=source,
-            plan_sites=method.plan_sites, probed=info.probed,
-        ))
+        entries.append(
+            Entry(
+                target,
+                method.route,
+                method.build(config, info),
+                name,
+                order,
+                hooks_only=hooks_only,
+                source=source,
+                plan_sites=method.plan_sites,
+                probed=info.probed,
+            )
+        )
     if method.link is not None and entries:
         method.link(config, [e.delta for e in entries], dtype=infos[-1].dtype, device=infos[-1].device)
     return Built(pairs, entries)
 
 
 def _target_info(
-    state: BackboneState, method: Method, config: DeltaConfig, modules: dict[str, nn.Module],
-    source: str | None, target: str, probed: Any,
+    state: BackboneState,
+    method: Method,
+    config: DeltaConfig,
+    modules: dict[str, nn.Module],
+    source: str | None,
+    target: str,
+    probed: Any,
 ) -> TargetInfo:
     for path in {source or target, target}:
         if path not in state.records:
@@ -75,7 +94,9 @@ def _target_info(
     h_in = state.records[source or target].h_in
     h_out = state.records[target].h_out
     if h_out is None or not h_out.floating:
-        raise SelectorError(f"{target} does not output a floating-point hidden state, so {config.delta_type} cannot patch it")
+        raise SelectorError(
+            f"{target} does not output a floating-point hidden state, so {config.delta_type} cannot patch it"
+        )
     if method.needs_h_in and (h_in is None or not h_in.floating):
         raise SelectorError(
             f"{source or target} takes no floating-point hidden state as first argument or 'hidden_states', "

@@ -28,7 +28,7 @@ class Example:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def coerce(cls, value: Any) -> "Example":
+    def coerce(cls, value: Any) -> Example:
         if isinstance(value, Example):
             return value
         if isinstance(value, torch.Tensor):

@@ -30,16 +30,17 @@ logger = logging.getLogger(__name__)
 @contextlib.contextmanager
 def restored_after(model: nn.Module) -> Iterator[None]:
     """Undo whatever a forward pass wrote into the model (flags, attributes, buffers, params)."""
-    saved = [
-        (m, dict(m.__dict__), dict(m._parameters), dict(m._buffers), dict(m._modules)) for m in model.modules()
-    ]
+    saved = [(m, dict(m.__dict__), dict(m._parameters), dict(m._buffers), dict(m._modules)) for m in model.modules()]
     try:
         yield
     finally:
         for m, attrs, params, buffers, modules in saved:
-            m._parameters.clear(), m._parameters.update(params)
-            m._buffers.clear(), m._buffers.update(buffers)
-            m._modules.clear(), m._modules.update(modules)
+            m._parameters.clear()
+            m._parameters.update(params)
+            m._buffers.clear()
+            m._buffers.update(buffers)
+            m._modules.clear()
+            m._modules.update(modules)
             m.__dict__.clear()
             m.__dict__.update(attrs)
 
@@ -83,7 +84,7 @@ def _capture(args: tuple, kwargs: Mapping[str, Any], out: Any, first_param: str 
     slot = hidden_slot(args, kwargs, first_param)
     h_in = None if slot is None else (args[slot] if isinstance(slot, int) else kwargs[slot])
     kind, hidden = first_hidden(out)
-    outputs = None
+    outputs: tuple[TensorSpec, ...] | None = None
     if kind is OutKind.TENSOR:
         outputs = (TensorSpec.of(out),)
     elif isinstance(out, tuple) and all(isinstance(o, torch.Tensor) for o in out):

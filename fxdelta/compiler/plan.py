@@ -20,7 +20,7 @@ import inspect
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import TypeVar, cast
+from typing import Any, TypeVar, cast
 
 import torch.fx as fx
 from torch import nn
@@ -50,10 +50,10 @@ def _global_hooks() -> bool:
 
 
 @functools.cache
-def _fixed_arity(cls: type[nn.Module]) -> int | None:
-    """How many arguments ``cls.forward`` takes, or None when it takes ``*args``/``**kwargs`` or has no signature."""
+def _fixed_arity(forward: Callable[..., Any]) -> int | None:
+    """How many arguments a class's ``forward`` takes besides ``self``, or None for ``*args``/``**kwargs``."""
     try:
-        params = list(inspect.signature(cls.forward).parameters.values())[1:]
+        params = list(inspect.signature(forward).parameters.values())[1:]
     except (TypeError, ValueError):
         return None
     if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params):
@@ -63,7 +63,7 @@ def _fixed_arity(cls: type[nn.Module]) -> int | None:
 
 def _takes_exactly(m: nn.Module, record: CallRecord) -> bool:
     """The call passed every parameter of forward, so no default (often ``None``) gets baked in."""
-    arity = _fixed_arity(type(m))
+    arity = _fixed_arity(type(m).forward)
     return arity is not None and arity == len(record.args) + len(record.kwargs)
 
 
@@ -117,9 +117,7 @@ class Planner:
 
     def _inlinable(self, path: str, targets: set[str], roots: set[str]) -> bool:
         m = self.modules[path]
-        return not (
-            path in targets or path in roots or _foreign_hooks(m, self.our_hooks) or self._foreign_forward(m)
-        )
+        return not (path in targets or path in roots or _foreign_hooks(m, self.our_hooks) or self._foreign_forward(m))
 
     def _can_root(self, path: str) -> bool:
         m = self.modules[path]
@@ -155,7 +153,13 @@ class Planner:
         # A new region is traced and checked on the backbone as it is without fxdelta: tracing
         # through an inlined module calls its current forward, which may be one of our graphs.
         return self.cache.region(
-            root, self.modules[root], targets, [self.modules[p] for p in inline], inline, self.records[root], self.suspend
+            root,
+            self.modules[root],
+            targets,
+            [self.modules[p] for p in inline],
+            inline,
+            self.records[root],
+            self.suspend,
         )
 
     # -- the plan ---------------------------------------------------------------------------------
@@ -178,17 +182,20 @@ class Planner:
         for e in entries:
             by_target.setdefault(e.target, []).append(e)
         pairs = [e for e in entries if e.source is not None]
-        hooked = {t for t, es in by_target.items() if any(self._needs_hooks(p, es) for p in {t, *(e.reads for e in es)})}
+        hooked = {
+            t for t, es in by_target.items() if any(self._needs_hooks(p, es) for p in {t, *(e.reads for e in es)})
+        }
         # Calls that must stay real calls (never traced through): every target and source, and the
         # modules other sites hook (prefixed attentions).
-        boundaries = set(by_target) | {e.source for e in pairs} | hooked_elsewhere
+        sources = {e.source for e in pairs if e.source is not None}
+        boundaries = set(by_target) | sources | hooked_elsewhere
         while True:  # the hooked modules only grow: this ends
             regions: dict[str, _Region] = {}
             region_of: dict[str, str] = {}
             if not _global_hooks():
                 for e in pairs:
                     if e.target not in hooked:
-                        self._assign_region([e.source, e.target], boundaries, regions, region_of)
+                        self._assign_region([e.reads, e.target], boundaries, regions, region_of)
                 for t in by_target:
                     if t not in hooked and t not in region_of:
                         self._assign_region([t], boundaries, regions, region_of)
@@ -206,7 +213,8 @@ class Planner:
             root = region_of[e.target] if e.target in region_of else (e.target if e.target in regions else None)
             (site_entries[root] if root is not None else opaque.setdefault(e.target, [])).append(e)
         sites: list[Site] = [
-            self.reuse(GraphSite(root, self.modules[root], regions[root].graph, es)) for root, es in site_entries.items()
+            self.reuse(GraphSite(root, self.modules[root], regions[root].graph, es))
+            for root, es in site_entries.items()
         ]
         sites += [self.reuse(GraphSite(t, self.modules[t], None, es)) for t, es in opaque.items()]
         carriers: dict[tuple, InputCarrier] = {}
@@ -247,7 +255,9 @@ class Planner:
             if inline & set(regions):
                 continue  # would trace through another region's root
             existing = regions.get(root)
-            members = (existing.targets if existing else []) + [m for m in group if not existing or m not in existing.targets]
+            members = (existing.targets if existing else []) + [
+                m for m in group if not existing or m not in existing.targets
+            ]
             inline_all = inline | (existing.inline if existing else set())
             gm = self._trace(root, members, inline_all)
             if gm is None or not _calls_in_order(gm.graph, root, group):
@@ -261,7 +271,7 @@ class Planner:
 def _calls_in_order(graph: fx.Graph, root: str, group: list[str]) -> bool:
     """Each module of ``group`` is called in the graph, and (for a pair) the source before the target."""
     rel = [relative(m, root) for m in group]
-    order = {}
+    order: dict[object, int] = {}
     for i, node in enumerate(graph.nodes):
         if node.op == "call_module" and node.target in rel:
             order.setdefault(node.target, i)

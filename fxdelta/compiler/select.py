@@ -7,7 +7,7 @@ modules as its target selector, and matches are paired in module order (layer 0 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from torch import nn
 
@@ -27,7 +27,7 @@ def select_targets(backbone: nn.Module, method: Method, config: DeltaConfig) -> 
     names = backbone_module_names(backbone)
     exclude = config.exclude_modules
     if method.locate is not None:
-        return [(None, _located(backbone, method, config, names))]
+        return [(None, _located(backbone, method.locate, config, names))]
     if method.pairs:
         pairs = [_pair(names, s, t, exclude) for s, t in _selector_pairs(backbone, method, config)]
         chosen = [(None if s == t else s, t) for group in pairs for s, t in group]
@@ -40,8 +40,8 @@ def select_targets(backbone: nn.Module, method: Method, config: DeltaConfig) -> 
     return chosen
 
 
-def _located(backbone: nn.Module, method: Method, config: DeltaConfig, names: Sequence[str]) -> str:
-    path = method.locate(backbone)
+def _located(backbone: nn.Module, locate: Callable[[nn.Module], str], config: DeltaConfig, names: Sequence[str]) -> str:
+    path = locate(backbone)
     if config.modified_modules is not None and select(names, config.modified_modules, config.exclude_modules) != [path]:
         raise ConfigError(
             f"{config.delta_type} finds its own place on the backbone ({path or '<root>'}); modified_modules "
@@ -50,7 +50,9 @@ def _located(backbone: nn.Module, method: Method, config: DeltaConfig, names: Se
     return path
 
 
-def _selector_pairs(backbone: nn.Module, method: Method, config: DeltaConfig) -> list[tuple[Sequence[str], Sequence[str]]]:
+def _selector_pairs(
+    backbone: nn.Module, method: Method, config: DeltaConfig
+) -> list[tuple[Sequence[str], Sequence[str]]]:
     if config.modified_modules is None:
         positions = method.default_positions
         groups = [default_selectors(backbone, [p], config.delta_type) for p in positions]
@@ -60,11 +62,13 @@ def _selector_pairs(backbone: nn.Module, method: Method, config: DeltaConfig) ->
                 f"{type(config).__name__}.modified_modules is read as [source, target, source, target, ...] pairs; "
                 f"got {len(config.modified_modules)} selectors"
             )
-        groups = [[s] for s in config.modified_modules]
-    return list(zip(groups[0::2], groups[1::2]))
+        groups = [(s,) for s in config.modified_modules]
+    return list(zip(groups[0::2], groups[1::2], strict=True))
 
 
-def _pair(names: Sequence[str], sources: Sequence[str], targets: Sequence[str], exclude: Sequence[str]) -> list[tuple[str, str]]:
+def _pair(
+    names: Sequence[str], sources: Sequence[str], targets: Sequence[str], exclude: Sequence[str]
+) -> list[tuple[str, str]]:
     src = select(names, sources, exclude)
     dst = select(names, targets, exclude)
     if len(src) != len(dst):
@@ -72,7 +76,7 @@ def _pair(names: Sequence[str], sources: Sequence[str], targets: Sequence[str], 
             f"source selectors {list(sources)} match {len(src)} modules but target selectors {list(targets)} match "
             f"{len(dst)}; each source needs exactly one target (e.g. 'fc1' with 'fc2' in every layer)"
         )
-    return list(zip(src, dst))
+    return list(zip(src, dst, strict=True))
 
 
 def _check_target(module: nn.Module, path: str, method: Method, config: DeltaConfig) -> None:
@@ -82,5 +86,6 @@ def _check_target(module: nn.Module, path: str, method: Method, config: DeltaCon
     container = getattr(module, DELTA_NAMESPACE, None)
     if container is not None and not isinstance(container, DeltaContainer):
         raise SelectorError(
-            f"{path} already has an attribute named {DELTA_NAMESPACE!r}, where fxdelta keeps deltas; it cannot be patched"
+            f"{path} already has an attribute named {DELTA_NAMESPACE!r}, where fxdelta keeps deltas; "
+            f"it cannot be patched"
         )

@@ -130,7 +130,7 @@ class BackboneState:
         self.built[key] = site
         installed = {id(s) for s in self.sites}
         excess = len(self.built) - BUILT_LIMIT - len(installed)
-        for old in [k for k, s in self.built.items() if id(s) not in installed][:max(excess, 0)]:
+        for old in [k for k, s in self.built.items() if id(s) not in installed][: max(excess, 0)]:
             del self.built[old]
         return site
 

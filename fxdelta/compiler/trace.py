@@ -47,7 +47,7 @@ def trace_region(root: nn.Module, inline: Collection[nn.Module]) -> fx.GraphModu
     except Exception as e:  # tracing failure just means "not a region"
         logger.debug("fxdelta: %s does not trace: %s", type(root).__name__, e)
         return None
-    graph.owning_module = root  # for DCE's purity checks of call_module nodes, before any code exists
+    graph.owning_module = root  # type: ignore[assignment]  # DCE's purity checks look submodules up here
     graph.eliminate_dead_code()
     graph.owning_module = None
     return fx.GraphModule(root, graph, class_name=type(root).__name__)
@@ -55,14 +55,14 @@ def trace_region(root: nn.Module, inline: Collection[nn.Module]) -> fx.GraphModu
 
 def _call(fn: Callable[..., Any], record: CallRecord, inputs: list[torch.Tensor]) -> Any:
     n = len(record.args)
-    return fn(*inputs[:n], **{k: v for (k, _), v in zip(record.kwargs, inputs[n:])})
+    return fn(*inputs[:n], **{k: v for (k, _), v in zip(record.kwargs, inputs[n:], strict=True)})
 
 
 def _same(a, b) -> bool:
     if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
         return a.shape == b.shape and a.dtype == b.dtype and torch.allclose(a, b, rtol=1e-5, atol=1e-6)
     if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
     return False
 
 
@@ -127,8 +127,14 @@ class TraceCache:
     validated: dict[tuple, bool] = field(default_factory=dict)  # (class, generated code, call record)
 
     def region(
-        self, root: str, module: nn.Module, targets: Collection[str], inline: Collection[nn.Module],
-        inline_paths: Collection[str], record: CallRecord, pristine: Callable[[], AbstractContextManager],
+        self,
+        root: str,
+        module: nn.Module,
+        targets: Collection[str],
+        inline: Collection[nn.Module],
+        inline_paths: Collection[str],
+        record: CallRecord,
+        pristine: Callable[[], AbstractContextManager],
     ) -> fx.GraphModule | None:
         """The region's pristine GraphModule, if ``module`` traces, calls ``targets`` as modules and matches eager.
 

@@ -74,7 +74,7 @@ def hidden_slot(args: tuple, kwargs: Mapping[str, Any], first_param: str | None)
 def replace_slot(args: tuple, kwargs: dict, slot: int | str, value: torch.Tensor) -> tuple[tuple, dict]:
     """The call's arguments with the one at ``slot`` replaced by ``value``."""
     if isinstance(slot, int):
-        return (*args[:slot], value, *args[slot + 1:]), kwargs
+        return (*args[:slot], value, *args[slot + 1 :]), kwargs
     return args, {**kwargs, slot: value}
 
 

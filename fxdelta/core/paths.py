@@ -19,7 +19,7 @@ def relative(path: str, root: str) -> str:
     """``path`` as seen from the module at ``root`` (``""`` when it is ``root`` itself)."""
     if path == root:
         return ""
-    return path[len(root) + 1:] if root else path
+    return path[len(root) + 1 :] if root else path
 
 
 def backbone_module_names(backbone: nn.Module) -> list[str]:

@@ -42,7 +42,9 @@ class AutoDeltaModel:
         return model_class_for(config.delta_type)(backbone_model, config, **options)
 
     @staticmethod
-    def from_finetuned(finetuned_delta_path: str | os.PathLike, backbone_model: nn.Module, **options: Any) -> DeltaModel:
+    def from_finetuned(
+        finetuned_delta_path: str | os.PathLike, backbone_model: nn.Module, **options: Any
+    ) -> DeltaModel:
         count = len(checkpoint.read_meta(finetuned_delta_path)["deltas"])
         if count != 1:
             raise CheckpointError(f"{finetuned_delta_path} holds {count} deltas; use fxdelta.load() for several")

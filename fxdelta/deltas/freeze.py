@@ -25,7 +25,9 @@ def freeze(backbone: nn.Module, exclude: Sequence[str], module_names: Sequence[s
     matches no module or parameter is an error, as everywhere in fxdelta.
     """
     if isinstance(exclude, str):
-        raise SelectorError(f"exclude must be a list of selectors, got the bare string {exclude!r}; wrap it: [{exclude!r}]")
+        raise SelectorError(
+            f"exclude must be a list of selectors, got the bare string {exclude!r}; wrap it: [{exclude!r}]"
+        )
     params = dict(backbone.named_parameters())
     keep: set[str] = set()
     for pattern in exclude:

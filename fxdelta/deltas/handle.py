@@ -7,7 +7,6 @@ and offers attach/detach, freeze_module, log, merge and save_finetuned.
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
@@ -52,7 +51,9 @@ class DeltaModel:
         **hyper_parameters: Any,
     ) -> None:
         if not isinstance(backbone_model, nn.Module):
-            raise UnsupportedModelError(f"backbone_model must be a torch.nn.Module, got {type(backbone_model).__name__}")
+            raise UnsupportedModelError(
+                f"backbone_model must be a torch.nn.Module, got {type(backbone_model).__name__}"
+            )
         self.config = self._make_config(config, hyper_parameters)
         self.method: Method = method_for(self.config.delta_type)
         self.backbone = backbone_model
@@ -88,11 +89,13 @@ class DeltaModel:
                 raise ConfigError(f"{type(self).__name__} needs {expected}, got {type(config).__name__}")
             return config
         if cls is None:
-            raise ConfigError("DeltaModel needs a config; use AutoDeltaModel.from_config or a method class such as LoraModel")
+            raise ConfigError(
+                "DeltaModel needs a config; use AutoDeltaModel.from_config or a method class such as LoraModel"
+            )
         return cls.from_kwargs(hyper)
 
     # -- attach / detach --------------------------------------------------------------------------
-    def attach(self) -> "DeltaModel":
+    def attach(self) -> DeltaModel:
         """Put the delta back into the backbone's computation (idempotent)."""
         if not self.attached:
             self._match_backbone()
@@ -101,7 +104,7 @@ class DeltaModel:
             self.attached = True
         return self
 
-    def detach(self) -> "DeltaModel":
+    def detach(self) -> DeltaModel:
         """Take the delta out: the backbone computes exactly what it did before (idempotent)."""
         if self.attached:
             apply(self._state, [e for e in self._state.active if e.name != self.name])
@@ -115,7 +118,11 @@ class DeltaModel:
         for e in self.entries:
             target = modules[e.target]
             ref = next(
-                (p for n, p in target.named_parameters() if p.is_floating_point() and not n.startswith(f"{DELTA_NAMESPACE}.")),
+                (
+                    p
+                    for n, p in target.named_parameters()
+                    if p.is_floating_point() and not n.startswith(f"{DELTA_NAMESPACE}.")
+                ),
                 None,
             )
             if ref is not None:
@@ -141,7 +148,8 @@ class DeltaModel:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise FxDeltaError(
-            f"a delta model is not called; call the backbone ({type(self.backbone).__name__}), which now holds the delta"
+            f"a delta model is not called; call the backbone ({type(self.backbone).__name__}), "
+            f"which now holds the delta"
         )
 
     def __repr__(self) -> str:
@@ -156,7 +164,7 @@ class DeltaModel:
         self,
         exclude: Sequence[str] | None = None,
         set_state_dict: bool = False,
-    ) -> "DeltaModel":
+    ) -> DeltaModel:
         """Freeze the backbone except ``exclude`` (default: ``config.unfrozen_modules``, i.e. the deltas).
 
         ``exclude`` uses the module-selector grammar on module and parameter names: ``"deltas"``
@@ -185,7 +193,7 @@ class DeltaModel:
         """Print the rewritten code and node list of the site carrying ``path`` (default: the first target)."""
         show_graph(self.backbone, path or self.targets[0], file=file)
 
-    def merge(self) -> "DeltaModel":
+    def merge(self) -> DeltaModel:
         """Fold what only serves training into the delta itself (prefix tuning's MLP into its prefixes).
 
         The outputs stay the same; the config then records ``exported()`` (e.g. ``reparameterize=False``).

@@ -42,7 +42,10 @@ def load_deltas(directory: str | os.PathLike, backbone: nn.Module, **options: An
                 used.add(name)
         extra = sorted(set(tensors) - used)
         if extra:
-            raise CheckpointError(f"{directory}: {len(extra)} tensors belong to no delta (e.g. {extra[:3]}); the file does not match its config")
+            raise CheckpointError(
+                f"{directory}: {len(extra)} tensors belong to no delta (e.g. {extra[:3]}); "
+                f"the file does not match its config"
+            )
         for name in restore:
             params[name].data.copy_(tensors[name])
         for handle in handles:
@@ -86,7 +89,10 @@ def _fill(handle: DeltaModel, entry: Mapping[str, Any], tensors: Mapping[str, An
             if key not in tensors:
                 raise CheckpointError(f"{directory}: tensor {key!r} is missing from {checkpoint.TENSORS_FILE}")
             if tensors[key].shape != p.shape:
-                raise CheckpointError(f"{directory}: tensor {key!r} has shape {tuple(tensors[key].shape)}, the delta expects {tuple(p.shape)}")
+                raise CheckpointError(
+                    f"{directory}: tensor {key!r} has shape {tuple(tensors[key].shape)}, "
+                    f"the delta expects {tuple(p.shape)}"
+                )
             p.copy_(tensors[key])
             used.add(key)
     return used

@@ -25,11 +25,12 @@ def propagate_shapes(gm: fx.GraphModule, record: CallRecord) -> None:
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.fx.passes.shape_prop import ShapeProp
 
-    specs = [s for s in record.input_specs if s is not None]
     mode = FakeTensorMode(allow_non_fake_inputs=True)
-    with mode:
-        fakes = [torch.empty(s.shape, dtype=s.dtype, device=s.device) for s in specs]
-    by_keyword = {k: f for (k, _), f in zip(record.kwargs, fakes[len(record.args):])}
+    with mode:  # None where the argument was not a tensor
+        fakes = [
+            None if s is None else torch.empty(s.shape, dtype=s.dtype, device=s.device) for s in record.input_specs
+        ]
+    by_keyword = {k: f for (k, _), f in zip(record.kwargs, fakes[len(record.args) :], strict=True)}
     ordered = []
     for i, node in enumerate(n for n in gm.graph.nodes if n.op == "placeholder"):
         if i < len(record.args):
@@ -48,13 +49,17 @@ def graph_nodes(gm: fx.GraphModule) -> list[dict[str, Any]]:
     rows = []
     for node in gm.graph.nodes:
         meta = node.meta.get("tensor_meta")
-        rows.append({
-            "name": node.name,
-            "op": node.op,
-            "target": node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target)),
-            "inputs": [a.name for a in node.all_input_nodes],
-            "shape": tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None,
-        })
+        rows.append(
+            {
+                "name": node.name,
+                "op": node.op,
+                "target": node.target
+                if isinstance(node.target, str)
+                else getattr(node.target, "__name__", str(node.target)),
+                "inputs": [a.name for a in node.all_input_nodes],
+                "shape": tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None,
+            }
+        )
     return rows
 
 

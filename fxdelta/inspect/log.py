@@ -29,10 +29,16 @@ def log(backbone: nn.Module, handle: DeltaHandle, *, file: Any = None) -> None:
     for column in ("name", "method", "attached", "targets", "sites", "parameters"):
         table.add_column(column)
     for h in state.handles if state else [handle]:
-        sites = sorted({s.kind.value for s in (state.sites if state else []) if any(e.name == h.name for e in s.entries)})
+        sites = sorted(
+            {s.kind.value for s in (state.sites if state else []) if any(e.name == h.name for e in s.entries)}
+        )
         table.add_row(
-            h.name, h.delta_type, "yes" if h.attached else "no", str(len(h.targets)),
-            ", ".join(sites) or "-", f"{h.num_parameters():,}",
+            h.name,
+            h.delta_type,
+            "yes" if h.attached else "no",
+            str(len(h.targets)),
+            ", ".join(sites) or "-",
+            f"{h.num_parameters():,}",
         )
     out.print(table)
     trainable, total = parameter_counts(backbone)

@@ -66,7 +66,9 @@ class Visualization:
 
     def _add_children(self, tree: Any, module: nn.Module, expand: bool, keep_non_params: bool, memo: dict) -> None:
         children = [
-            (n, c) for n, c in module.named_children() if keep_non_params or _has_params(c) or isinstance(c, DeltaContainer)
+            (n, c)
+            for n, c in module.named_children()
+            if keep_non_params or _has_params(c) or isinstance(c, DeltaContainer)
         ]
         i = 0
         while i < len(children):
@@ -84,7 +86,9 @@ class Visualization:
             branch = tree.add(self._label(label, child, expand))
             if isinstance(child, DeltaContainer):
                 for delta_name, delta in child.items():
-                    node = branch.add(f"[red]{delta_name}[/red] [cyan]({type(delta).__name__})[/cyan] {_param_text(delta, expand)}")
+                    node = branch.add(
+                        f"[red]{delta_name}[/red] [cyan]({type(delta).__name__})[/cyan] {_param_text(delta, expand)}"
+                    )
                     self._add_children(node, delta, expand, keep_non_params, memo)
             else:
                 self._add_children(branch, child, expand, keep_non_params, memo)

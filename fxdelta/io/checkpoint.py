@@ -35,7 +35,9 @@ def fingerprint(backbone: nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-def write(directory: str | os.PathLike, backbone: nn.Module, deltas: list[dict[str, Any]], tensors: dict[str, torch.Tensor]) -> None:
+def write(
+    directory: str | os.PathLike, backbone: nn.Module, deltas: list[dict[str, Any]], tensors: dict[str, torch.Tensor]
+) -> None:
     from safetensors.torch import save_file
 
     path = Path(directory)
@@ -46,7 +48,9 @@ def write(directory: str | os.PathLike, backbone: nn.Module, deltas: list[dict[s
         "backbone": {"class": type(backbone).__name__, "fingerprint": fingerprint(backbone)},
         "deltas": deltas,
     }
-    save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(path / TENSORS_FILE), metadata={"format": "pt"})
+    save_file(
+        {k: v.contiguous().cpu() for k, v in tensors.items()}, str(path / TENSORS_FILE), metadata={"format": "pt"}
+    )
     (path / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
 
@@ -56,7 +60,9 @@ def read_meta(directory: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"no delta checkpoint folder at {str(path)!r}")
     config = path / CONFIG_FILE
     if not config.is_file():
-        raise CheckpointError(f"{str(path)!r} has no {CONFIG_FILE}; is it an fxdelta checkpoint (written by save_finetuned)?")
+        raise CheckpointError(
+            f"{str(path)!r} has no {CONFIG_FILE}; is it an fxdelta checkpoint (written by save_finetuned)?"
+        )
     try:
         meta = json.loads(config.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -64,7 +70,9 @@ def read_meta(directory: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(meta, dict) or meta.get("format") != "fxdelta" or not isinstance(meta.get("deltas"), list):
         raise CheckpointError(f"{config} is not an fxdelta delta config")
     if meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{config} has format_version {meta.get('format_version')!r}; this fxdelta reads {FORMAT_VERSION}")
+        raise CheckpointError(
+            f"{config} has format_version {meta.get('format_version')!r}; this fxdelta reads {FORMAT_VERSION}"
+        )
     return meta
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from fxdelta.spec.config import DeltaConfig
-from fxdelta.methods.activations import NonLinearity
-from fxdelta.spec.method import Method, TargetInfo
-from fxdelta.methods.bottleneck import Bottleneck, dense_bottleneck
 from fxdelta.core.routes import Route
+from fxdelta.methods.activations import NonLinearity
+from fxdelta.methods.bottleneck import Bottleneck, dense_bottleneck
+from fxdelta.spec.config import DeltaConfig
+from fxdelta.spec.method import Method, TargetInfo
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -29,7 +29,9 @@ class AdapterConfig(DeltaConfig):
 class AdapterDelta(Bottleneck):
     """``d(h) = up(act(down(h)))`` on the feature axis, dense projections; ``up`` starts at zero."""
 
-    def __init__(self, features: int, config: AdapterConfig, *, feature_axis: int = -1, dtype=None, device=None) -> None:
+    def __init__(
+        self, features: int, config: AdapterConfig, *, feature_axis: int = -1, dtype=None, device=None
+    ) -> None:
         down, up = dense_bottleneck(features, config.bottleneck_dim, features, dtype=dtype, device=device)
         super().__init__(down, up, config.non_linearity, feature_axis=feature_axis)
 

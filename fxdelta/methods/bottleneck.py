@@ -6,10 +6,10 @@ they read and write; ``up_proj`` always starts at zero, so every adapter starts 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
-
-from collections.abc import Callable
 
 from fxdelta.methods.activations import NonLinearity
 
@@ -23,8 +23,13 @@ def on_feature_axis(fn: Callable[[torch.Tensor], torch.Tensor], h: torch.Tensor,
 
 class Bottleneck(nn.Module):
     def __init__(
-        self, down_proj: nn.Module, up_proj: nn.Module, non_linearity: NonLinearity | str, *,
-        feature_axis: int = -1, scaled: float = 1.0,
+        self,
+        down_proj: nn.Module,
+        up_proj: nn.Module,
+        non_linearity: NonLinearity | str,
+        *,
+        feature_axis: int = -1,
+        scaled: float = 1.0,
     ) -> None:
         super().__init__()
         self.down_proj = down_proj

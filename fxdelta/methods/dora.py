@@ -10,15 +10,15 @@ constant in backward, as in the paper (section 4.3).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fxdelta.spec.method import Method, TargetInfo, linear_only
-from fxdelta.methods.lora import LoraConfig, LoraDelta
 from fxdelta.core.routes import Route
+from fxdelta.methods.lora import LoraConfig, LoraDelta
+from fxdelta.spec.method import Method, TargetInfo, linear_only
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -30,11 +30,14 @@ class DoraConfig(LoraConfig):
 
 def _weight(layer: nn.Module) -> torch.Tensor:
     """The layer's weight as (out, in): transformers' Conv1D stores it transposed."""
-    return layer.weight if isinstance(layer, nn.Linear) else layer.weight.t()
+    weight = cast(torch.Tensor, layer.weight)
+    return weight if isinstance(layer, nn.Linear) else weight.t()
 
 
 class DoraDelta(LoraDelta):
     """LoRA's ``lora_A``/``lora_B`` plus ``magnitude`` (out,); reads the patched layer's weight and bias live."""
+
+    _layer: nn.Module
 
     def __init__(self, layer: nn.Module, config: DoraConfig, *, dtype=None, device=None) -> None:
         weight = _weight(layer)
@@ -43,7 +46,7 @@ class DoraDelta(LoraDelta):
         with torch.no_grad():
             self.magnitude = nn.Parameter(weight.detach().norm(dim=1).to(dtype=dtype or weight.dtype))  # (out,)
 
-    def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:  # type: ignore[override]  # in-out route
         weight = _weight(self._layer)
         with torch.no_grad():  # ||W + s B A|| per output row, a constant for backward
             norm = (weight + (self.lora_B @ self.lora_A) * self.scaling).norm(dim=1)  # (out,)
@@ -68,6 +71,7 @@ METHOD = Method(
     default_positions=("attn.q", "attn.v"),
     can_patch=linear_only,
     needs_h_in=True,
-    summary="DoRA: LoRA on the weight's direction plus a learned magnitude (in-out route); default positions: attention q and v.",
+    summary="DoRA: LoRA on the weight's direction plus a learned magnitude (in-out route); default positions: "
+    "attention q and v.",
     small={"lora_r": 4, "lora_alpha": 8},
 )

@@ -8,9 +8,9 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from fxdelta.core.routes import Route
 from fxdelta.spec.config import DeltaConfig
 from fxdelta.spec.method import Method, TargetInfo
-from fxdelta.core.routes import Route
 
 
 @dataclass(frozen=True, kw_only=True)

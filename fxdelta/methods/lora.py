@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fxdelta.core.routes import Route
 from fxdelta.spec.config import DeltaConfig
 from fxdelta.spec.method import Method, TargetInfo, linear_only
-from fxdelta.core.routes import Route
 
 
 @dataclass(frozen=True, kw_only=True)

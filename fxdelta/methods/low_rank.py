@@ -46,7 +46,9 @@ class LowRankLinear(nn.Module):
     ``zero=True`` starts ``W_right`` (and ``b``) at zero, so the map starts as exactly zero.
     """
 
-    def __init__(self, n_in: int, n_out: int, rank: int, init: WeightInit, *, zero: bool = False, dtype=None, device=None):
+    def __init__(
+        self, n_in: int, n_out: int, rank: int, init: WeightInit, *, zero: bool = False, dtype=None, device=None
+    ):
         super().__init__()
         self.W_left = nn.Parameter(torch.empty(n_in, rank, dtype=dtype, device=device))
         self.W_right = nn.Parameter(torch.empty(rank, n_out, dtype=dtype, device=device))

@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from fxdelta.spec.config import DeltaConfig
+from fxdelta.core.routes import Route
 from fxdelta.methods.activations import NonLinearity
-from fxdelta.spec.method import Method, TargetInfo
 from fxdelta.methods.bottleneck import Bottleneck
 from fxdelta.methods.low_rank import LowRankLinear, WeightInit, bottleneck_size
-from fxdelta.core.routes import Route
+from fxdelta.spec.config import DeltaConfig
+from fxdelta.spec.method import Method, TargetInfo
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,19 +35,29 @@ class LowRankAdapterConfig(DeltaConfig):
 class LowRankAdapterDelta(Bottleneck):
     """``d(h) = up(act(down(h)))`` with rank-r ``down``/``up``; ``up`` starts at zero (identity)."""
 
-    def __init__(self, features: int, bottleneck: int, config: LowRankAdapterConfig, *, feature_axis: int = -1,
-                 dtype=None, device=None) -> None:
+    def __init__(
+        self,
+        features: int,
+        bottleneck: int,
+        config: LowRankAdapterConfig,
+        *,
+        feature_axis: int = -1,
+        dtype=None,
+        device=None,
+    ) -> None:
         kw = dict(dtype=dtype, device=device)
-        down = LowRankLinear(features, bottleneck, config.low_rank_rank, config.low_rank_w_init, **kw)
-        up = LowRankLinear(bottleneck, features, config.low_rank_rank, config.low_rank_w_init, zero=True, **kw)
+        init = WeightInit(config.low_rank_w_init)  # validated: already a member
+        down = LowRankLinear(features, bottleneck, config.low_rank_rank, init, **kw)
+        up = LowRankLinear(bottleneck, features, config.low_rank_rank, init, zero=True, **kw)
         super().__init__(down, up, config.non_linearity, feature_axis=feature_axis)
 
 
 def build(config: LowRankAdapterConfig, target: TargetInfo) -> LowRankAdapterDelta:
     features = target.out_features
     bottleneck = bottleneck_size(features, config.reduction_factor, type(config).__name__, target.path)
-    return LowRankAdapterDelta(features, bottleneck, config, feature_axis=target.feature_axis,
-                               dtype=target.dtype, device=target.device)
+    return LowRankAdapterDelta(
+        features, bottleneck, config, feature_axis=target.feature_axis, dtype=target.dtype, device=target.device
+    )
 
 
 METHOD = Method(

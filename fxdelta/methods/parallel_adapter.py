@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from fxdelta.spec.config import DeltaConfig
-from fxdelta.methods.activations import NonLinearity
-from fxdelta.spec.method import Method, TargetInfo
-from fxdelta.methods.bottleneck import Bottleneck, dense_bottleneck
 from fxdelta.core.routes import Route
+from fxdelta.methods.activations import NonLinearity
+from fxdelta.methods.bottleneck import Bottleneck, dense_bottleneck
+from fxdelta.spec.config import DeltaConfig
+from fxdelta.spec.method import Method, TargetInfo
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -36,7 +36,8 @@ class ParallelAdapterConfig(DeltaConfig):
 
 
 class ParallelAdapterDelta(Bottleneck):
-    """``d(x) = scaled * up(act(down(x)))``, from the source's input width to the target's output width; ``up`` starts at zero."""
+    """``d(x) = scaled * up(act(down(x)))``, from the source's input width to the target's output width;
+    ``up`` starts at zero."""
 
     def __init__(self, n_in: int, n_out: int, config: ParallelAdapterConfig, *, dtype=None, device=None) -> None:
         down, up = dense_bottleneck(n_in, config.bottleneck_dim, n_out, dtype=dtype, device=device)
@@ -44,7 +45,9 @@ class ParallelAdapterDelta(Bottleneck):
 
 
 def build(config: ParallelAdapterConfig, target: TargetInfo) -> ParallelAdapterDelta:
-    return ParallelAdapterDelta(target.in_features, target.h_out.shape[-1], config, dtype=target.dtype, device=target.device)
+    return ParallelAdapterDelta(
+        target.in_features, target.h_out.shape[-1], config, dtype=target.dtype, device=target.device
+    )
 
 
 METHOD = Method(

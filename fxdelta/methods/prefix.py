@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import torch
 from torch import nn
@@ -40,7 +40,7 @@ class PrefixConfig(DeltaConfig):
             self._positive_int(field)
         self._require("reparameterize", isinstance(self.reparameterize, bool), "True or False")
 
-    def exported(self) -> "PrefixConfig":
+    def exported(self) -> DeltaConfig:
         """Checkpoints hold the final prefixes, not the MLP that produced them."""
         return self.replace(reparameterize=False)
 
@@ -105,7 +105,8 @@ class PrefixDelta(nn.Module):
 
     def prefix_encoder(self) -> PrefixEncoder | None:
         """The MLP that produces this prefix (reparameterized), else None."""
-        return self._modules.get("encoder") or self.__dict__.get("_shared_encoder")
+        encoder = self._modules.get("encoder") or self.__dict__.get("_shared_encoder")
+        return cast(PrefixEncoder | None, encoder)
 
     def prefix(self) -> tuple[torch.Tensor, torch.Tensor]:
         encoder = self.prefix_encoder()
@@ -113,8 +114,10 @@ class PrefixDelta(nn.Module):
             return self.key, self.value
         kv = encoder.slices()[self.index]  # (P, heads * (head_dim + v_dim))
         k, v = kv.split([self.heads * self.head_dim, self.heads * self.v_dim], dim=-1)
-        return (k.view(self.length, self.heads, self.head_dim).transpose(0, 1).unsqueeze(0),
-                v.view(self.length, self.heads, self.v_dim).transpose(0, 1).unsqueeze(0))
+        return (
+            k.view(self.length, self.heads, self.head_dim).transpose(0, 1).unsqueeze(0),
+            v.view(self.length, self.heads, self.v_dim).transpose(0, 1).unsqueeze(0),
+        )
 
     def merge(self) -> None:
         """Replace the shared MLP by the prefixes it produces now (for inference and saving)."""
@@ -167,8 +170,8 @@ METHOD = Method(
     probe=probe_attention,
     link=share_encoder,
     plan_sites=plan_prefix,
-    merge=PrefixDelta.merge,
-    exported_state=PrefixDelta.exported_state,
+    merge=lambda delta: cast(PrefixDelta, delta).merge(),
+    exported_state=lambda delta: cast(PrefixDelta, delta).exported_state(),
     identity_at_init=False,
     summary="Prefix tuning: learned keys/values in front of every targeted self-attention's own; default "
     "positions: every self-attention. ``merge()`` folds the reparameterization MLP into the prefixes.",

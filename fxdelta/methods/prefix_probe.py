@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
+from typing import Any
 
-import torch
 from torch import nn
-from torch._subclasses.fake_tensor import FakeTensorMode
 
 from fxdelta.compiler.examples import Example
 from fxdelta.compiler.observe import Undo, run_on_fakes
@@ -92,12 +91,19 @@ def probe_attention(backbone: nn.Module, example: Example, paths: list[str]) -> 
 
                 undo.append(module.register_forward_pre_hook(pre, with_kwargs=True).remove)
             elif hasattr(module, "config") and hasattr(module.config, "_attn_implementation"):
-                undo.append(intercept(module, lambda k, v, mask, rec=rec: (rec.kv(None, k, v), k, v, mask)[1:]))
+
+                def note(k: Any, v: Any, mask: Any, rec: _Recorder = rec) -> tuple[Any, Any, Any]:
+                    rec.kv(None, k, v)
+                    return k, v, mask
+
+                undo.append(intercept(module, note))
 
     try:
         run_on_fakes(backbone, example, install_targets)
     except Exception as e:
-        raise UnsupportedModelError(f"fxdelta could not run the backbone to size the prefixes: {type(e).__name__}: {e}") from e
+        raise UnsupportedModelError(
+            f"fxdelta could not run the backbone to size the prefixes: {type(e).__name__}: {e}"
+        ) from e
     out: dict[str, AttentionGeometry] = {}
     for path in paths:
         seen = recorders[path].seen
@@ -107,13 +113,15 @@ def probe_attention(backbone: nn.Module, example: Example, paths: list[str]) -> 
                 f"{'stores no keys and values' if not seen else 'serves several layers'} when the backbone runs; "
                 f"target the self-attention modules (e.g. 'attn.self' positions)"
             )
-        (layer_idx, (heads, head_dim, v_dim)), = seen.items()
+        ((layer_idx, (heads, head_dim, v_dim)),) = seen.items()
         module = modules[path]
         causal = bool(getattr(module, "is_causal", False))
         stack = find_stack(backbone, path) if causal else None
         if causal and stack is None:
             raise SelectorError(f"{path} is causal but fxdelta finds no stack above it that takes past_key_values")
-        out[path] = AttentionGeometry(heads, head_dim, v_dim, layer_idx, _takes(module, "past_key_values"), causal, stack)
+        out[path] = AttentionGeometry(
+            heads, head_dim, v_dim, layer_idx, _takes(module, "past_key_values"), causal, stack
+        )
     stacks = sorted({g.stack for g in out.values() if g.stack})
     layers = _stack_layers(backbone, example, stacks) if stacks else {}
     for path, g in out.items():

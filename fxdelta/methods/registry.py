@@ -10,23 +10,37 @@ from collections.abc import Mapping
 from typing import Any
 
 from fxdelta.core.errors import ConfigError
-from fxdelta.methods import adapter, bitfit, compacter, dora, ia3, lora, low_rank_adapter, parallel_adapter, prefix, soft_prompt
+from fxdelta.methods import (
+    adapter,
+    bitfit,
+    compacter,
+    dora,
+    ia3,
+    lora,
+    low_rank_adapter,
+    parallel_adapter,
+    prefix,
+    soft_prompt,
+)
 from fxdelta.spec.config import DeltaConfig
 from fxdelta.spec.method import Method
 from fxdelta.spec.selectors import closest_names
 
-METHODS: dict[str, Method] = {m.delta_type: m for m in (
-    lora.METHOD,
-    adapter.METHOD,
-    bitfit.METHOD,
-    low_rank_adapter.METHOD,
-    compacter.METHOD,
-    parallel_adapter.METHOD,
-    ia3.METHOD,
-    dora.METHOD,
-    prefix.METHOD,
-    soft_prompt.METHOD,
-)}
+METHODS: dict[str, Method] = {
+    m.delta_type: m
+    for m in (
+        lora.METHOD,
+        adapter.METHOD,
+        bitfit.METHOD,
+        low_rank_adapter.METHOD,
+        compacter.METHOD,
+        parallel_adapter.METHOD,
+        ia3.METHOD,
+        dora.METHOD,
+        prefix.METHOD,
+        soft_prompt.METHOD,
+    )
+}
 
 ALIASES: dict[str, str] = {alias: m.delta_type for m in METHODS.values() for alias in m.aliases}
 
@@ -42,7 +56,7 @@ def method_for(delta_type: str) -> Method:
         ) from None
 
 
-def config_from_dict(config: Mapping[str, Any]) -> DeltaConfig:
+def config_from_dict(config: Mapping[str, Any] | object) -> DeltaConfig:
     """The config a plain dict describes: ``{"delta_type": "lora", "lora_r": 4}`` -> ``LoraConfig(lora_r=4)``."""
     if not isinstance(config, Mapping):
         raise ConfigError(f"a delta spec must be a dict with a 'delta_type' key, got {type(config).__name__}")

@@ -44,11 +44,17 @@ class SoftPromptConfig(DeltaConfig):
         init = self.token_init
         if isinstance(init, (list, tuple)):
             object.__setattr__(self, "token_init", tuple(init))
-            self._require("token_init", all(isinstance(i, int) and i >= 0 for i in init) and len(init) > 0,
-                          "True, False, 'first', 'sample' or a non-empty list of token ids")
+            self._require(
+                "token_init",
+                all(isinstance(i, int) and i >= 0 for i in init) and len(init) > 0,
+                "True, False, 'first', 'sample' or a non-empty list of token ids",
+            )
         else:
-            self._require("token_init", isinstance(init, bool) or init in _TOKEN_INIT_MODES,
-                          "True, False, 'first', 'sample' or a non-empty list of token ids")
+            self._require(
+                "token_init",
+                isinstance(init, bool) or init in _TOKEN_INIT_MODES,
+                "True, False, 'first', 'sample' or a non-empty list of token ids",
+            )
 
 
 @dataclass(frozen=True)
@@ -82,7 +88,11 @@ def _position_table(stack: nn.Module) -> tuple[int | None, int]:
     origin = 0
     embeddings = getattr(stack, "embeddings", None)
     table = getattr(embeddings, "position_embeddings", None)
-    if isinstance(table, nn.Embedding) and table.padding_idx is not None and hasattr(embeddings, "create_position_ids_from_input_ids"):
+    if (
+        isinstance(table, nn.Embedding)
+        and table.padding_idx is not None
+        and hasattr(embeddings, "create_position_ids_from_input_ids")
+    ):
         origin = table.padding_idx + 1  # RoBERTa
     for name, module in stack.named_modules():
         last = name.rsplit(".", 1)[-1]
@@ -100,10 +110,18 @@ def locate_prompt_site(backbone: nn.Module) -> PromptSite:
     names = ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id")
     special = frozenset(i for i in (getattr(config, k, None) for k in names) if isinstance(i, int))
     if getattr(config, "is_encoder_decoder", False):
-        encoder, decoder = backbone.get_encoder(), backbone.get_decoder()
+        model: Any = backbone  # a transformers encoder-decoder
+        encoder, decoder = model.get_encoder(), model.get_decoder()
         limit, origin = _position_table(encoder)
-        return PromptSite(paths[id(encoder)], embedding, strip=False, decoder=paths[id(decoder)],
-                          position_limit=limit, position_origin=origin, special_ids=special)
+        return PromptSite(
+            paths[id(encoder)],
+            embedding,
+            strip=False,
+            decoder=paths[id(decoder)],
+            position_limit=limit,
+            position_origin=origin,
+            special_ids=special,
+        )
     for path, module in backbone.named_modules(remove_duplicate=False):
         if module is not embedding:
             continue
@@ -114,9 +132,15 @@ def locate_prompt_site(backbone: nn.Module) -> PromptSite:
             if {"inputs_embeds", "attention_mask"} <= set(inspect.signature(stack.forward).parameters):
                 pooler = getattr(stack, "pooler", None)
                 limit, origin = _position_table(stack)
-                return PromptSite(stack_path, embedding, strip=True,
-                                  pooler=f"{stack_path}.pooler".lstrip(".") if isinstance(pooler, nn.Module) else None,
-                                  position_limit=limit, position_origin=origin, special_ids=special)
+                return PromptSite(
+                    stack_path,
+                    embedding,
+                    strip=True,
+                    pooler=f"{stack_path}.pooler".lstrip(".") if isinstance(pooler, nn.Module) else None,
+                    position_limit=limit,
+                    position_origin=origin,
+                    special_ids=special,
+                )
     raise UnsupportedModelError(
         f"soft prompt on a model without input embeddings: no module of {type(backbone).__name__} above its "
         f"embedding table takes inputs_embeds and attention_mask"

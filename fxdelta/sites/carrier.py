@@ -50,7 +50,9 @@ class InputCarrier(HookedSite):
     def _push(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         slot = hidden_slot(args, kwargs, self._first_param)
         if slot is None:
-            raise StateError(f"fxdelta: {self.path} was called without a hidden-state tensor for the pair delta to read")
+            raise StateError(
+                f"fxdelta: {self.path} was called without a hidden-state tensor for the pair delta to read"
+            )
         self._stack.append(args[slot] if isinstance(slot, int) else kwargs[slot])
 
     def _reset(self, module: nn.Module, args: tuple) -> None:

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import copy
 import inspect
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import torch.fx as fx
 from torch import nn
@@ -34,6 +34,8 @@ ORIGINAL = "original"  # the opaque node's name in an opaque site's graph
 class _Original(nn.Module):
     """The opaque node: calls the patched module's forward as it was before fxdelta."""
 
+    _forward: Callable[..., Any]
+
     def __init__(self, forward: Any, label: str) -> None:
         super().__init__()
         object.__setattr__(self, "_forward", forward)  # a bound method, not a submodule: no cycle in .modules()
@@ -49,7 +51,8 @@ class _Original(nn.Module):
 def opaque_graph(module: nn.Module) -> fx.Graph:
     """``def forward(<module's parameters>): return self.original(<same>)``."""
     graph = fx.Graph()
-    args, kwargs = [], {}
+    args: list[fx.Node] = []
+    kwargs: dict[str, fx.node.Argument] = {}
     for p in inspect.signature(module.forward).parameters.values():
         node = graph.placeholder(p.name, default_value=p.default)  # Parameter.empty: no default
         if p.kind is p.KEYWORD_ONLY:
@@ -96,7 +99,9 @@ class GraphSite:
         state: dict[fx.Node, list[fx.Node]] = {}  # target node -> [current h_in, current h_out]
         # Input-route deltas first: a parallel delta reads the input the module actually receives,
         # as in the hook fallback (whose pre-hook runs before the module and its forward hook).
-        ordered = [e for e in self.entries if e.route is Route.INPUT] + [e for e in self.entries if e.route is not Route.INPUT]
+        ordered = [e for e in self.entries if e.route is Route.INPUT] + [
+            e for e in self.entries if e.route is not Route.INPUT
+        ]
 
         def current(node: fx.Node) -> list[fx.Node]:
             return state.setdefault(node, self._initial(graph, node))
@@ -128,7 +133,7 @@ class GraphSite:
         return root
 
     def _current_forward(self) -> Any:
-        return self.module.__dict__.get("forward") or getattr(type(self.module), "forward").__get__(self.module)
+        return self.module.__dict__.get("forward") or type(self.module).forward.__get__(self.module)
 
     def _delta_name(self, entry: Entry) -> str:
         rel = relative(entry.target, self.path)
@@ -141,16 +146,18 @@ class GraphSite:
             return [next(n for n in graph.nodes if n.op == "output")]
         nodes = [n for n in graph.nodes if n.op == "call_module" and n.target == rel]
         if not nodes:  # the planner only puts targets the trace calls as modules here
-            raise FxDeltaError(f"fxdelta: {path} is not a node of {self.path or 'the root'}'s graph (a planner bug; please report it)")
+            raise FxDeltaError(
+                f"fxdelta: {path} is not a node of {self.path or 'the root'}'s graph (a planner bug; please report it)"
+            )
         return nodes
 
     @staticmethod
     def _initial(graph: fx.Graph, node: fx.Node) -> list[fx.Node]:
         if node.op == "output":  # the region itself is the target: its input and output
             first = next(n for n in graph.nodes if n.op == "placeholder")
-            return [first, node.args[0]]
+            return [first, cast(fx.Node, node.args[0])]
         h_in = node.args[0] if node.args else next(iter(node.kwargs.values()))
-        return [h_in, node]
+        return [cast(fx.Node, h_in), node]
 
     @property
     def key(self) -> tuple:

@@ -31,7 +31,9 @@ INTERFACE_KEY = "fxdelta_prefix"
 class PrefixSource(Protocol):
     length: int
 
-    def kv(self, layer_idx: int | None, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def kv(
+        self, layer_idx: int | None, key: torch.Tensor, value: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The prefix (B, heads, P, head_dim) x2 for this layer, or None for no prefix."""
 
 
@@ -48,7 +50,7 @@ class PrefixView(Cache):
         return self.source.length
 
     @property
-    def layers(self):
+    def layers(self):  # type: ignore[override]  # Cache keeps a list; the view reads the inner cache's
         return self.inner.layers if self.inner is not None else []
 
     def __len__(self) -> int:
@@ -66,7 +68,9 @@ class PrefixView(Cache):
         return (self.inner.get_seq_length(layer_idx) if self.inner is not None else 0) + self.length
 
     def get_mask_sizes(self, query_length: int, layer_idx: int) -> tuple[int, int]:
-        kv_len, kv_offset = self.inner.get_mask_sizes(query_length, layer_idx) if self.inner is not None else (query_length, 0)
+        kv_len, kv_offset = (
+            self.inner.get_mask_sizes(query_length, layer_idx) if self.inner is not None else (query_length, 0)
+        )
         return kv_len + self.length, kv_offset
 
     def get_query_offset(self, layer_idx: int = 0) -> int:
@@ -99,13 +103,13 @@ class _NoStore(DynamicCache):
         return key_states, value_states
 
 
-def make_view(real: Cache | None, source: PrefixSource, encoder_decoder: bool) -> Cache:
+def make_view(real: Any, source: PrefixSource, encoder_decoder: bool) -> Cache:
     """A view over ``real``; for a decoder of an encoder-decoder, prefixes go to self-attention only."""
     if not encoder_decoder:
         return PrefixView(real, source)
     # EncoderDecoderCache.__init__ type-checks its halves; build it by hand and share the real
     # cache's is_updated flags, so cross-attention's "already computed" marks land in the caller's cache.
-    view = EncoderDecoderCache.__new__(EncoderDecoderCache)
+    view: Any = EncoderDecoderCache.__new__(EncoderDecoderCache)
     view.self_attention_cache = PrefixView(real.self_attention_cache if real is not None else None, source)
     view.cross_attention_cache = real.cross_attention_cache if real is not None else _NoStore()
     view.is_updated = real.is_updated if real is not None else {}
@@ -127,9 +131,9 @@ def new_cache(config: Any, encoder_decoder: bool) -> Cache:
 
 
 # -- attention modules without a cache argument: intercept their attention function ---------------
-def _intercepted_attention(module: nn.Module, query, key, value, attention_mask, **kwargs):
+def _intercepted_attention(module: Any, query, key, value, attention_mask, **kwargs):
     key, value, attention_mask = module._fxdelta_prefix_hook(key, value, attention_mask)
-    eager = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
+    eager: Any = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     implementation = ALL_ATTENTION_FUNCTIONS.get_interface(module._fxdelta_attn_implementation, eager)
@@ -146,7 +150,7 @@ class _ConfigOverlay:
         return INTERFACE_KEY if name == "_attn_implementation" else getattr(self._real, name)
 
 
-def intercept(module: nn.Module, hook: Callable[[Any, Any, Any], tuple[Any, Any, Any]]) -> Callable[[], None]:
+def intercept(module: Any, hook: Callable[[Any, Any, Any], tuple[Any, Any, Any]]) -> Callable[[], None]:
     """Route ``module``'s attention function through ``hook(key, value, mask)``; returns the undo."""
     from transformers import AttentionInterface
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-from fxdelta.core.calls import OutKind, first_hidden, first_param_name, hidden_slot, replace_slot, repack
+from fxdelta.core.calls import OutKind, first_hidden, first_param_name, hidden_slot, repack, replace_slot
 from fxdelta.core.entries import Entry
 from fxdelta.core.errors import StateError
 from fxdelta.core.routes import Route
@@ -62,7 +62,8 @@ class HookSite(HookedSite):
         kind, h = first_hidden(out)
         if kind is OutKind.OTHER:
             raise StateError(
-                f"fxdelta: {self.path or 'the backbone'} returned {type(out).__name__}, which holds no hidden-state tensor"
+                f"fxdelta: {self.path or 'the backbone'} returned {type(out).__name__}, "
+                f"which holds no hidden-state tensor"
             )
         h_in = None
         carried = {source: carrier.pop() for source, carrier in self.carriers.items()}  # one pop per call

@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
 
 from fxdelta.core.calls import by_name
 from fxdelta.core.entries import Entry
-from fxdelta.core.errors import ConfigError
+from fxdelta.core.errors import ConfigError, StateError
 from fxdelta.sites.base import HookedSite, SiteKind, entry_ids
 
 _MASK_NAMES = ("attention_mask", "mask")  # T5 calls it ``mask``
@@ -43,13 +43,27 @@ def widen_mask(mask: Any, length: int) -> Any:
     return torch.cat([pad, mask], dim=-1)
 
 
+class PrefixDelta(Protocol):
+    """What these sites need of a prefix delta module (``fxdelta.methods.prefix``)."""
+
+    length: int  # P
+
+    def __call__(self, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def prefix_encoder(self) -> Any: ...  # the shared MLP to refresh per forward, or None
+
+
+def _deltas(entries: Sequence[Entry]) -> list[PrefixDelta]:
+    return [cast(PrefixDelta, e.delta) for e in entries]
+
+
 class PrefixAttentionSite(HookedSite):
     kind = SiteKind.PREFIX
 
     def __init__(self, path: str, module: nn.Module, entries: Sequence[Entry], geometry: Any) -> None:
         super().__init__(path, module, list(entries))
         self.geometry = geometry  # fxdelta.methods.prefix_probe.AttentionGeometry
-        self.length = sum(e.delta.length for e in self.entries)
+        self.length = sum(d.length for d in _deltas(self.entries))
         self._signature = inspect.signature(module.forward)
         self._mask_name = next((n for n in _MASK_NAMES if n in self._signature.parameters), None)
         self._restore: Any = None  # undoes an interception
@@ -59,7 +73,7 @@ class PrefixAttentionSite(HookedSite):
         return (PrefixAttentionSite, self.path, entry_ids(self.entries))
 
     def kv(self, layer_idx: int | None, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        parts = [e.delta(key, value) for e in self.entries]  # each (B, heads, P_i, head_dim)
+        parts = [d(key, value) for d in _deltas(self.entries)]  # each (B, heads, P_i, head_dim)
         if len(parts) == 1:
             return parts[0]
         return torch.cat([k for k, _ in parts], dim=-2), torch.cat([v for _, v in parts], dim=-2)
@@ -95,15 +109,21 @@ class PrefixAttentionSite(HookedSite):
             self._restore = None
 
     def describe(self) -> str:
-        how = "a cache view when it gets no cache" if self.geometry.uses_cache else "its attention function, intercepted"
-        return (f"prefix on {self.path} ({type(self.module).__name__}): {self.length} keys/values in front, "
-                f"through {how}; deltas: {[e.qualified_name for e in self.entries]}")
+        how = (
+            "a cache view when it gets no cache" if self.geometry.uses_cache else "its attention function, intercepted"
+        )
+        return (
+            f"prefix on {self.path} ({type(self.module).__name__}): {self.length} keys/values in front, "
+            f"through {how}; deltas: {[e.qualified_name for e in self.entries]}"
+        )
 
 
 class PrefixStackSite(HookedSite):
     kind = SiteKind.PREFIX_STACK
 
-    def __init__(self, path: str, stack: nn.Module, layers: Mapping[int, PrefixAttentionSite], encoder_decoder: bool) -> None:
+    def __init__(
+        self, path: str, stack: nn.Module, layers: Mapping[int, PrefixAttentionSite], encoder_decoder: bool
+    ) -> None:
         super().__init__(path, stack, [])  # holds no delta itself: the attention sites do
         self.layers, self.encoder_decoder = dict(layers), encoder_decoder
         self.length = next(iter(self.layers.values())).length
@@ -114,6 +134,10 @@ class PrefixStackSite(HookedSite):
         return (PrefixStackSite, self.path, tuple(sorted((i, s.key) for i, s in self.layers.items())))
 
     def kv(self, layer_idx: int | None, key: torch.Tensor, value: torch.Tensor):
+        if layer_idx is None:  # transformers' causal attentions always pass their layer index
+            raise StateError(
+                f"fxdelta: a layer of the prefixed stack {self.path} updated its cache without a layer_idx"
+            )
         return self.layers[layer_idx].kv(layer_idx, key, value)
 
     def _pre_hook(self, module: nn.Module, args: tuple, kwargs: dict):
@@ -126,7 +150,7 @@ class PrefixStackSite(HookedSite):
             use_cache = getattr(module.config, "use_cache", False)
         if real is None and use_cache:
             real = new_cache(module.config, self.encoder_decoder)  # the one the stack would have made
-        view = make_view(real, self, self.encoder_decoder)
+        view: Any = make_view(real, self, self.encoder_decoder)
         view.fxdelta_real = real
         kw["past_key_values"] = view
         mask = kw.get("attention_mask")
@@ -142,7 +166,7 @@ class PrefixStackSite(HookedSite):
     def _hook(self, module: nn.Module, args: tuple, kwargs: dict, out: Any):
         view = kwargs.get("past_key_values")
         if view is not None and getattr(out, "past_key_values", None) is view:
-            out.past_key_values = view.fxdelta_real  # the caller never sees the view
+            out.past_key_values = cast(Any, view).fxdelta_real  # the caller never sees the view
         return out
 
     def _register(self) -> list[Any]:
@@ -152,8 +176,10 @@ class PrefixStackSite(HookedSite):
         ]
 
     def describe(self) -> str:
-        return (f"prefix stack {self.path or '<root>'}: cache viewed with {self.length} prefix positions per layer, "
-                f"2D mask widened, explicit position_ids shifted")
+        return (
+            f"prefix stack {self.path or '<root>'}: cache viewed with {self.length} prefix positions per layer, "
+            f"2D mask widened, explicit position_ids shifted"
+        )
 
 
 class PrefixRefreshSite(HookedSite):
@@ -161,7 +187,7 @@ class PrefixRefreshSite(HookedSite):
 
     kind = SiteKind.PREFIX_REFRESH
 
-    def __init__(self, backbone: nn.Module, encoders: Sequence[nn.Module]) -> None:
+    def __init__(self, backbone: nn.Module, encoders: Sequence[Any]) -> None:
         super().__init__("", backbone, [])
         self.encoders = list(encoders)
 
@@ -189,7 +215,7 @@ def plan_prefix(backbone: nn.Module, entries: Sequence[Entry]) -> list[HookedSit
     attention = {t: PrefixAttentionSite(t, modules[t], es, es[0].probed) for t, es in by_target.items()}
     sites: list[HookedSite] = list(attention.values())
     stacks: dict[str, dict[int, PrefixAttentionSite]] = {}
-    for path, site in attention.items():
+    for site in attention.values():
         g = site.geometry
         if g.causal:
             stacks.setdefault(g.stack, {})[g.layer_idx] = site
@@ -199,12 +225,13 @@ def plan_prefix(backbone: nn.Module, entries: Sequence[Entry]) -> list[HookedSit
         lengths = {s.length for s in layers.values()}
         if missing or len(lengths) > 1:
             raise ConfigError(
-                f"prefixes on the causal stack {stack} must cover all of its {len(g.stack_layers)} self-attention layers "
+                f"prefixes on the causal stack {stack} must cover all of its {len(g.stack_layers)} "
+                f"self-attention layers "
                 f"with one length (its layers share one attention mask); "
                 + (f"layers {missing} have none" if missing else f"lengths differ: {sorted(lengths)}")
             )
         sites.append(PrefixStackSite(stack, modules[stack], layers, g.encoder_decoder))
-    encoders = {id(enc): enc for e in entries if (enc := e.delta.prefix_encoder()) is not None}
+    encoders = {id(enc): enc for d in _deltas(entries) if (enc := d.prefix_encoder()) is not None}
     if encoders:
         sites.append(PrefixRefreshSite(backbone, list(encoders.values())))
     return sites

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
@@ -40,10 +40,20 @@ def _cat_left(t: torch.Tensor, n: int, value: Any) -> torch.Tensor:
 def _sliced(length: int, past: int, new: int, n: int) -> FxDeltaError:
     return FxDeltaError(
         f"soft prompt: the cache holds {past} tokens ({n} soft + {past - n} real) and {new} new ones came in, so the "
-        f"attention_mask/positions should count {past - n + new} real tokens, not {length}. Restarting generate() from a "
+        f"attention_mask/positions should count {past - n + new} real tokens, not {length}. "
+        f"Restarting generate() from a "
         f"returned cache? Pass only the new input_ids with the full attention_mask (generate slices the full sequence "
         f"by the cache length, which includes the soft tokens)."
     )
+
+
+class PromptDelta(Protocol):
+    """What this site needs of a soft-prompt delta module (``fxdelta.methods.soft_prompt``)."""
+
+    length: int  # N
+    pool_real_cls: bool  # BERT-style poolers read the real first token
+
+    def __call__(self, batch: int, dtype: torch.dtype) -> torch.Tensor: ...  # (B, N, d)
 
 
 def plan_prompt(backbone: nn.Module, entries: Sequence[Entry]) -> list[HookedSite]:
@@ -58,7 +68,8 @@ class SoftPromptSite(HookedSite):
         super().__init__(site.path, backbone.get_submodule(site.path), list(entries))
         self.site = site  # a fxdelta.methods.soft_prompt.PromptSite
         self.backbone = backbone
-        self.length = sum(e.delta.length for e in self.entries)
+        self.deltas = [cast(PromptDelta, e.delta) for e in self.entries]
+        self.length = sum(d.length for d in self.deltas)
         self._signature = inspect.signature(self.module.forward)
         self._pushed: list[tuple[int, bool]] = []  # (N prepended, caller wanted a tuple) per call: LIFO
 
@@ -67,21 +78,26 @@ class SoftPromptSite(HookedSite):
         return (SoftPromptSite, self.path, entry_ids(self.entries))
 
     def _soft(self, batch: int, dtype: torch.dtype) -> torch.Tensor:
-        parts = [e.delta(batch, dtype) for e in self.entries]
+        parts = [d(batch, dtype) for d in self.deltas]
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)  # (B, N, d)
 
     def _pre_hook(self, module: nn.Module, args: tuple, kwargs: dict):
         _, kw = by_name(self._signature, args, kwargs)
         n, site = self.length, self.site
         ids, embeds = kw.get("input_ids"), kw.get("inputs_embeds")
-        new = (ids if ids is not None else embeds).shape[1]
+        tokens = ids if ids is not None else embeds
+        if tokens is None:
+            raise FxDeltaError(f"soft prompt: {self.path} was called with neither input_ids nor inputs_embeds")
+        new = tokens.shape[1]
         cache = kw.get("past_key_values")
         past = cache.get_seq_length() if cache is not None else 0
         mask = kw.get("attention_mask")
         if mask is not None and mask.ndim != 2:
             raise FxDeltaError(f"soft prompt: only 2D attention masks (or None) can be extended, got {mask.ndim}D")
         if cache is not None and getattr(cache, "is_compileable", False):
-            raise FxDeltaError("soft prompt: static (compileable) caches are sized without the soft tokens; use the default cache")
+            raise FxDeltaError(
+                "soft prompt: static (compileable) caches are sized without the soft tokens; use the default cache"
+            )
         positions = kw.get("position_ids")
         wants_tuple = kw.get("return_dict") is False or (
             kw.get("return_dict") is None and not getattr(getattr(module, "config", None), "return_dict", True)
@@ -108,7 +124,8 @@ class SoftPromptSite(HookedSite):
             elif site.position_origin and ids is not None:
                 # RoBERTa numbers positions over non-pad ids; inputs_embeds alone would number pads too
                 real = torch.full((ids.shape[0], n), site.position_origin, dtype=ids.dtype, device=ids.device)
-                kw["position_ids"] = module.embeddings.create_position_ids_from_input_ids(
+                embeddings: Any = module.embeddings
+                kw["position_ids"] = embeddings.create_position_ids_from_input_ids(
                     torch.cat([real, ids], dim=1), site.position_origin - 1
                 )
             self._pushed.append((n, wants_tuple))
@@ -141,7 +158,12 @@ class SoftPromptSite(HookedSite):
     def _decoder_pre_hook(self, module: nn.Module, args: tuple, kwargs: dict):
         _, kw = by_name(self._decoder_signature, args, kwargs)
         states, mask = kw.get("encoder_hidden_states"), kw.get("encoder_attention_mask")
-        if states is not None and mask is not None and mask.ndim == 2 and mask.shape[-1] == states.shape[1] - self.length:
+        if (
+            states is not None
+            and mask is not None
+            and mask.ndim == 2
+            and mask.shape[-1] == states.shape[1] - self.length
+        ):
             kw["encoder_attention_mask"] = _cat_left(mask, self.length, 1)
         return (), kw
 
@@ -155,8 +177,10 @@ class SoftPromptSite(HookedSite):
             self.module.register_forward_hook(self._hook, with_kwargs=True, prepend=True),
             self.backbone.register_forward_pre_hook(self._reset),
         ]
-        if self.site.pooler and all(e.delta.pool_real_cls for e in self.entries):
-            handles.append(self.backbone.get_submodule(self.site.pooler).register_forward_pre_hook(self._pooler_pre_hook))
+        if self.site.pooler and all(d.pool_real_cls for d in self.deltas):
+            handles.append(
+                self.backbone.get_submodule(self.site.pooler).register_forward_pre_hook(self._pooler_pre_hook)
+            )
         if self.site.decoder is not None:
             decoder = self.backbone.get_submodule(self.site.decoder)
             self._decoder_signature = inspect.signature(decoder.forward)
@@ -167,5 +191,8 @@ class SoftPromptSite(HookedSite):
         self._pushed.clear()
 
     def describe(self) -> str:
-        return (f"soft prompt on {self.path} ({type(self.module).__name__}): inputs_embeds <- [{self.length} soft; "
-                f"embed(ids)], mask and positions extended" + (", outputs cut back to the real tokens" if self.site.strip else ""))
+        return (
+            f"soft prompt on {self.path} ({type(self.module).__name__}): inputs_embeds <- [{self.length} soft; "
+            f"embed(ids)], mask and positions extended"
+            + (", outputs cut back to the real tokens" if self.site.strip else "")
+        )

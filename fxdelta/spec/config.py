@@ -22,7 +22,9 @@ def _as_str_tuple(owner: str, field: str, value: Any) -> tuple[str, ...] | None:
     if value is None:
         return None
     if isinstance(value, str):
-        raise ConfigError(f"{owner}.{field} must be a list of names, got the bare string {value!r}; wrap it: [{value!r}]")
+        raise ConfigError(
+            f"{owner}.{field} must be a list of names, got the bare string {value!r}; wrap it: [{value!r}]"
+        )
     try:
         items = tuple(value)
     except TypeError:
@@ -60,13 +62,16 @@ class DeltaConfig:
                 value = ()
             object.__setattr__(self, field, value)
         if self.modified_modules is not None and not self.modified_modules:
-            raise ConfigError(f"{owner}.modified_modules is empty: give at least one selector, or None for the defaults")
-        if self.name is not None and (
-            not isinstance(self.name, str) or not self.name or not set(self.name) <= _NAME_CHARS or self.name[0].isdigit()
-        ):
             raise ConfigError(
-                f"{owner}.name must be a lowercase identifier (letters, digits, '_'), got {self.name!r}"
+                f"{owner}.modified_modules is empty: give at least one selector, or None for the defaults"
             )
+        if self.name is not None and (
+            not isinstance(self.name, str)
+            or not self.name
+            or not set(self.name) <= _NAME_CHARS
+            or self.name[0].isdigit()
+        ):
+            raise ConfigError(f"{owner}.name must be a lowercase identifier (letters, digits, '_'), got {self.name!r}")
         self.validate()
 
     def validate(self) -> None:
@@ -114,11 +119,11 @@ class DeltaConfig:
             out[f.name] = value
         return out
 
-    def exported(self) -> "DeltaConfig":
+    def exported(self) -> DeltaConfig:
         """The config a checkpoint records (methods that merge something away before saving override it)."""
         return self
 
-    def replace(self, **changes: Any) -> "DeltaConfig":
+    def replace(self, **changes: Any) -> DeltaConfig:
         return dataclasses.replace(self, **changes)
 
     @classmethod
@@ -126,7 +131,7 @@ class DeltaConfig:
         return [f.name for f in dataclasses.fields(cls)]
 
     @classmethod
-    def from_kwargs(cls, kwargs: dict[str, Any]) -> "DeltaConfig":
+    def from_kwargs(cls, kwargs: dict[str, Any]) -> DeltaConfig:
         """``cls(**kwargs)``, with an unknown field name reported as ``ConfigError`` with suggestions."""
         fields = cls.field_names()
         for key in kwargs:

@@ -21,7 +21,12 @@ from fxdelta.core.routes import Route
 from fxdelta.spec.config import DeltaConfig
 
 # Modules whose outputs put features on dim 1 (N, C, ...), not on the last dim.
-_CHANNELS_FIRST = (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.GroupNorm)
+_CHANNELS_FIRST = (
+    nn.modules.conv._ConvNd,
+    nn.modules.batchnorm._BatchNorm,
+    nn.modules.instancenorm._InstanceNorm,
+    nn.GroupNorm,
+)
 
 
 @dataclass(frozen=True)
@@ -71,7 +76,9 @@ def is_linear_like(module: nn.Module) -> bool:
 def linear_only(module: nn.Module) -> str | None:
     if is_linear_like(module):
         return None
-    return f"it is a {type(module).__name__}, and this method patches linear layers only (nn.Linear, transformers Conv1D)"
+    return (
+        f"it is a {type(module).__name__}, and this method patches linear layers only (nn.Linear, transformers Conv1D)"
+    )
 
 
 def any_module(module: nn.Module) -> str | None:
@@ -119,7 +126,9 @@ class Method:
 
     def __post_init__(self) -> None:
         if self.config.delta_type != self.delta_type:
-            raise TypeError(f"method {self.delta_type!r}: its config {self.config.__name__} says {self.config.delta_type!r}")
+            raise TypeError(
+                f"method {self.delta_type!r}: its config {self.config.__name__} says {self.config.delta_type!r}"
+            )
         if not self.route.on_edge and self.plan_sites is None:
             raise TypeError(f"method {self.delta_type!r}: route {self.route.value!r} needs plan_sites (its own sites)")
 

@@ -22,7 +22,7 @@ _REGEX_PREFIXES = ("[r]", "re:")
 def _regex_body(pattern: str) -> str | None:
     for prefix in _REGEX_PREFIXES:
         if pattern.startswith(prefix):
-            return pattern[len(prefix):]
+            return pattern[len(prefix) :]
     return None
 
 
@@ -74,9 +74,7 @@ def select(
     Every pattern, included or excluded, must match at least one name.
     """
     if isinstance(patterns, str) or isinstance(exclude, str):
-        raise SelectorError(
-            f"{what} selectors must be a list of strings, got a bare string; wrap it: [{patterns!r}]"
-        )
+        raise SelectorError(f"{what} selectors must be a list of strings, got a bare string; wrap it: [{patterns!r}]")
     if not patterns:
         raise SelectorError(f"no {what} selectors given: pass at least one name or pattern")
     chosen = _matching(names, patterns, what)
