@@ -114,6 +114,13 @@ def test_pyproject_lists_every_package():
     assert listed == folders
 
 
+def test_every_registered_method_has_a_matrix_row():
+    from invariants import METHODS as MATRIX
+
+    assert set(MATRIX) == set(METHODS)
+    assert all(MATRIX[t].config_class is m.config for t, m in METHODS.items())
+
+
 def test_every_method_is_registered_once_and_faces_the_package():
     import fxdelta
 
