@@ -2,20 +2,30 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-# Pinned here (not in pyproject.toml, whose ranges stay open for users): an unpinned torch pulls a
-# multi-GB CUDA build, and the tests are checked against these versions.
+# Pinned here (pyproject.toml gives the supported ranges): an unpinned torch pulls a multi-GB CUDA
+# build, and `make test` checks these versions.
 TORCH_PIN := torch==2.13.0
 TRANSFORMERS_PIN := transformers==5.23.0
+# The oldest and newest transformers of the supported window (pyproject.toml), each tested in its own venv.
+WINDOW := 5.10.4 5.24.0
 STAMP := $(VENV)/.installed
+SOURCES := pyproject.toml Makefile $(wildcard fxdelta/*.py fxdelta/*/*.py passes/*.py)
 
-.PHONY: demo test test-fast lint bench clean
+.PHONY: demo test test-fast test-window lint bench clean
 
-$(STAMP): pyproject.toml Makefile $(wildcard fxdelta/*.py fxdelta/*/*.py passes/*.py)
+$(STAMP): $(SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH_PIN) $(TRANSFORMERS_PIN)
 	$(PY) -m pip install --quiet -e ".[test,lint]" --config-settings editable_mode=strict
 	touch $(STAMP)
+
+.venv-transformers-%/.installed: $(SOURCES)
+	test -x .venv-transformers-$*/bin/python || $(PYTHON) -m venv .venv-transformers-$*
+	.venv-transformers-$*/bin/python -m pip install --quiet --upgrade pip
+	.venv-transformers-$*/bin/python -m pip install --quiet $(TORCH_PIN) transformers==$*
+	.venv-transformers-$*/bin/python -m pip install --quiet -e ".[test]" --config-settings editable_mode=strict
+	touch $@
 
 # The installed script, not `python -m`: from the repo root, `python -m` would import the source
 # folder fxdelta/, which lacks fxdelta.passes (installed from passes/).
@@ -27,6 +37,10 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(VENV)/bin/pytest -q -x -m "not slow"
+
+# The whole suite on the oldest and the newest transformers of the window.
+test-window: $(foreach v,$(WINDOW),.venv-transformers-$(v)/.installed)
+	set -e; for v in $(WINDOW); do echo "== transformers $$v"; .venv-transformers-$$v/bin/pytest -n 2 -q; done
 
 # ruff (lint + format) on everything; mypy on the installed package, from outside the source tree
 # (whose fxdelta/ lacks fxdelta.passes, installed from passes/).
@@ -41,4 +55,4 @@ bench: $(STAMP)
 	$(PY) bench/attach_cycles.py --out bench/attach-cycles.md
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) .venv-transformers-* build *.egg-info

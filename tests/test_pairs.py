@@ -9,6 +9,7 @@ from fxdelta.compiler.state import BackboneState
 from fxdelta.inspect import to_networkx
 from fxdelta.sites.base import SiteKind
 
+from hf_compat import enable_checkpointing
 from zoo import ZOO
 
 
@@ -67,7 +68,7 @@ def test_carried_pair_under_gradient_checkpointing():
         assert SiteKind.INPUT_CARRIER in kinds(model)
         handle.freeze_module()
         if checkpointing:
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            enable_checkpointing(model, use_reentrant=False)
         loss = model(**x, labels=x["decoder_input_ids"]).loss
         loss.backward()
         grads.append({n: p.grad.clone() for n, p in handle.named_parameters()})

@@ -10,6 +10,7 @@ from fxdelta import ConfigError, PrefixModel, SelectorError
 from fxdelta.compiler.state import BackboneState
 from fxdelta.sites.base import SiteKind
 
+from hf_compat import enable_checkpointing, with_cache
 from padding import assert_padded_row_equals_row_alone, padded_mask
 from zoo import ZOO
 
@@ -48,7 +49,7 @@ def test_equals_the_model_given_the_prefix_as_past_key_values(name, padding):
         got = model(input_ids=ids, attention_mask=mask).logits
         handle.detach()
         extended = torch.cat([torch.ones(2, P, dtype=mask.dtype), mask], dim=1)
-        want = model(input_ids=ids, attention_mask=extended, past_key_values=oracle_cache(model, handle, 2)).logits
+        want = model(input_ids=ids, attention_mask=extended, **with_cache(model, oracle_cache(model, handle, 2))).logits
     real = mask.bool()  # padded positions attend to nothing real: their logits are not compared
     assert (got - want)[real].abs().max() < 1e-5
 
@@ -124,7 +125,7 @@ def test_activation_checkpointing_gives_the_same_gradients(name):
             if isinstance(m, torch.nn.Dropout):
                 m.p = 0.0
         if checkpointing:
-            model.activation_checkpointing_enable()
+            enable_checkpointing(model)
         out = zm.run(model, x)
         out.pow(2).mean().backward()
         grads.append([p.grad.clone() for p in handle.parameters()])

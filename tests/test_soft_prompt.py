@@ -7,6 +7,7 @@ import torch
 import fxdelta
 from fxdelta import FxDeltaError, PrefixModel, SoftPromptModel, UnsupportedModelError
 
+from hf_compat import enable_checkpointing, returned_cache, with_cache
 from padding import assert_padded_row_equals_row_alone, padded_mask
 from zoo import ZOO
 
@@ -90,7 +91,7 @@ def test_training_reaches_only_the_soft_tokens_and_checkpointing_agrees():
         handle.freeze_module()
         model.train()
         if checkpointing:
-            model.activation_checkpointing_enable()
+            enable_checkpointing(model)
         x = zm.inputs()
         model(**x, labels=x["input_ids"]).loss.backward()
         assert [n for n, p in model.named_parameters() if p.grad is not None] == [
@@ -125,7 +126,7 @@ def test_restarting_generate_from_a_returned_cache_with_the_full_sequence_is_an_
             model(
                 input_ids=first.sequences,
                 attention_mask=torch.ones_like(first.sequences),
-                past_key_values=first.past_key_values,
+                **with_cache(model, returned_cache(first)),
             )
 
 
@@ -144,3 +145,29 @@ def test_token_init_and_errors():
         SoftPromptModel(ZOO["gpt2"].build(), soft_token_num=64)
     with pytest.raises(fxdelta.ConfigError, match="leave modified_modules unset"):
         SoftPromptModel(ZOO["gpt2"].build(), soft_token_num=N, modified_modules=["h.0.mlp"])
+
+
+BARE = {
+    "bert": ("BertConfig", "BertModel", {"intermediate_size": 48}),
+    "gpt2": ("GPT2Config", "GPT2Model", {"n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 64}),
+    "llama": ("LlamaConfig", "LlamaModel", {"intermediate_size": 48, "num_key_value_heads": 2}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BARE))
+def test_a_bare_stack_is_cut_back_to_the_real_tokens(name):
+    """The embedding stack is the backbone itself: the site's hooks and the per-forward reset share one module."""
+    import transformers
+
+    config_cls, model_cls, extra = BARE[name]
+    size = {} if name == "gpt2" else {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4}
+    torch.manual_seed(0)
+    model = getattr(transformers, model_cls)(getattr(transformers, config_cls)(vocab_size=64, **size, **extra)).eval()
+    SoftPromptModel(model, soft_token_num=N)
+    ids, mask = ids_and_mask(left=False, lengths=(6, 6))
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask)
+    assert out.last_hidden_state.shape[:2] == ids.shape
+    if name == "bert":  # the pooler reads the real [CLS], the first real token
+        with torch.no_grad():
+            torch.testing.assert_close(out.pooler_output, model.pooler(out.last_hidden_state))

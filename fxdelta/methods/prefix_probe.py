@@ -4,7 +4,7 @@ For each attention: the heads and head sizes of the keys/values it attends to (a
 grouped-query sharing: exactly what its cache stores), its ``layer_idx``, whether it takes a cache
 argument or must be intercepted at its attention function, and whether it is causal. For causal
 attentions, also the stack whose cache and mask they share (the first ancestor above their layer
-that takes ``past_key_values`` and ``attention_mask``) and every layer index that stack's cache
+that takes a KV cache and ``attention_mask``) and every layer index that stack's cache
 serves: a prefix must cover them all, since all layers share one widened mask.
 """
 
@@ -29,7 +29,7 @@ class AttentionGeometry:
     head_dim: int
     v_dim: int
     layer_idx: int | None
-    uses_cache: bool  # forward takes past_key_values; else its attention function is intercepted
+    uses_cache: bool  # forward takes a KV cache; else its attention function is intercepted
     causal: bool
     stack: str | None = None  # causal attentions: the module whose cache and mask the layers share
     stack_layers: frozenset[int] = field(default_factory=frozenset)
@@ -49,31 +49,30 @@ class _Recorder:
         return None
 
 
-def _takes(module: nn.Module, *names: str) -> bool:
+def _takes_mask(module: nn.Module) -> bool:
     try:
-        params = inspect.signature(module.forward).parameters
+        return "attention_mask" in inspect.signature(module.forward).parameters
     except (TypeError, ValueError):
         return False
-    return all(n in params for n in names)
 
 
 def find_stack(backbone: nn.Module, path: str) -> str | None:
-    """The first ancestor above the attention's layer that takes ``past_key_values`` and ``attention_mask``."""
-    from fxdelta.sites.hf import is_layer
+    """The first ancestor above the attention's layer that takes a KV cache and ``attention_mask``."""
+    from fxdelta.sites.hf import cache_parameter, is_layer
 
     seen_layer = False
     for ancestor in parent_paths(path):
         module = backbone.get_submodule(ancestor)
         if is_layer(module):
             seen_layer = True
-        elif seen_layer and hasattr(module, "config") and _takes(module, "past_key_values", "attention_mask"):
+        elif seen_layer and hasattr(module, "config") and cache_parameter(module) and _takes_mask(module):
             return ancestor
     return None
 
 
 def probe_attention(backbone: nn.Module, example: Example, paths: list[str]) -> dict[str, AttentionGeometry]:
     """Each targeted attention's geometry (prefix tuning's ``Method.probe``)."""
-    from fxdelta.sites.hf import intercept, make_view
+    from fxdelta.sites.hf import cache_in, cache_parameter, intercept, is_causal, make_view, put_cache, release
 
     modules = dict(backbone.named_modules())
     recorders = {p: _Recorder() for p in paths}
@@ -81,12 +80,13 @@ def probe_attention(backbone: nn.Module, example: Example, paths: list[str]) -> 
     def install_targets(undo: list[Undo]) -> None:
         for path in paths:
             module, rec = modules[path], recorders[path]
-            if _takes(module, "past_key_values"):
+            name = cache_parameter(module)
+            if name is not None:
                 sig = inspect.signature(module.forward)
 
-                def pre(m, args, kwargs, rec=rec, sig=sig):
+                def pre(m, args, kwargs, rec=rec, sig=sig, name=name):
                     args, kw = by_name(sig, args, kwargs, keep_first=True)
-                    kw["past_key_values"] = make_view(kw.get("past_key_values"), rec, False)
+                    put_cache(kw, name, make_view(cache_in(kw), rec, False))
                     return args, kw
 
                 undo.append(module.register_forward_pre_hook(pre, with_kwargs=True).remove)
@@ -115,13 +115,15 @@ def probe_attention(backbone: nn.Module, example: Example, paths: list[str]) -> 
             )
         ((layer_idx, (heads, head_dim, v_dim)),) = seen.items()
         module = modules[path]
-        causal = bool(getattr(module, "is_causal", False))
+        causal = is_causal(module)
         stack = find_stack(backbone, path) if causal else None
         if causal and stack is None:
-            raise SelectorError(f"{path} is causal but fxdelta finds no stack above it that takes past_key_values")
-        out[path] = AttentionGeometry(
-            heads, head_dim, v_dim, layer_idx, _takes(module, "past_key_values"), causal, stack
-        )
+            raise UnsupportedModelError(
+                f"{path} is a causal attention, but no module above its layer takes a KV cache and an attention "
+                f"mask in this transformers release ({release()}), so fxdelta has nowhere to put its prefix"
+            )
+        uses_cache = cache_parameter(module) is not None
+        out[path] = AttentionGeometry(heads, head_dim, v_dim, layer_idx, uses_cache, causal, stack)
     stacks = sorted({g.stack for g in out.values() if g.stack})
     layers = _stack_layers(backbone, example, stacks) if stacks else {}
     for path, g in out.items():
@@ -132,7 +134,7 @@ def probe_attention(backbone: nn.Module, example: Example, paths: list[str]) -> 
 
 
 def _stack_layers(backbone: nn.Module, example: Example, stacks: list[str]) -> dict[str, frozenset[int]]:
-    from fxdelta.sites.hf import make_view
+    from fxdelta.sites.hf import cache_in, cache_parameter, make_view, put_cache
 
     modules = dict(backbone.named_modules())
     recorders = {s: _Recorder() for s in stacks}
@@ -142,10 +144,11 @@ def _stack_layers(backbone: nn.Module, example: Example, stacks: list[str]) -> d
             module, rec = modules[stack], recorders[stack]
             sig = inspect.signature(module.forward)
             encdec = bool(getattr(getattr(module, "config", None), "is_encoder_decoder", False))
+            name = cache_parameter(module)  # the probe found the stack because it takes one
 
-            def pre(m, args, kwargs, rec=rec, sig=sig, encdec=encdec):
+            def pre(m, args, kwargs, rec=rec, sig=sig, encdec=encdec, name=name):
                 args, kw = by_name(sig, args, kwargs, keep_first=True)
-                kw["past_key_values"] = make_view(kw.get("past_key_values"), rec, encdec)
+                put_cache(kw, name, make_view(cache_in(kw), rec, encdec))
                 return args, kw
 
             undo.append(module.register_forward_pre_hook(pre, with_kwargs=True).remove)

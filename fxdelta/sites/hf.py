@@ -11,14 +11,19 @@ function registered under ``config._attn_implementation``. So:
 - ``intercept`` gives one attention module a config overlay whose attention implementation is a
   registered wrapper, the one place where its keys, values and 4D mask meet.
 
-Also here: ``is_layer``, transformers' class for one repeated layer of a stack. Imported lazily
+Also here: what moved between releases, found by role rather than by name or version (the cache
+argument and the output field holding it, whether an attention is causal, the attention-function
+registry), and ``is_layer``, transformers' class for one repeated layer of a stack.
+
+Covers transformers 5.10 to 5.24 (CI runs 5.10.4, the pinned 5.23.0 and 5.24.0). Imported lazily
 (it subclasses transformers' ``Cache``): ``import fxdelta`` stays light.
 """
 
 from __future__ import annotations
 
+import inspect
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from typing import Any, Protocol
 
 import torch
@@ -26,6 +31,60 @@ from torch import nn
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
 
 INTERFACE_KEY = "fxdelta_prefix"
+# The KV cache's forward argument: 5.24 renamed past_key_values to cache (the old name works until 5.40).
+CACHE_PARAMETERS = ("cache", "past_key_values")
+
+
+# -- what moved between releases, found by role ------------------------------------------------------
+def cache_parameter(module: nn.Module) -> str | None:
+    """The forward parameter of ``module`` that takes the KV cache, in this release's spelling, or None."""
+    try:
+        params = inspect.signature(module.forward).parameters
+    except (TypeError, ValueError):
+        return None
+    return next((name for name in CACHE_PARAMETERS if name in params), None)
+
+
+def cache_in(kwargs: MutableMapping[str, Any]) -> Any:
+    """The KV cache among a call's keyword arguments (under any spelling, or any ``Cache`` passed), or None."""
+    for name in CACHE_PARAMETERS:
+        if kwargs.get(name) is not None:
+            return kwargs[name]
+    return next((v for v in kwargs.values() if isinstance(v, Cache)), None)
+
+
+def put_cache(kwargs: MutableMapping[str, Any], name: str, cache: Any) -> None:
+    """Pass ``cache`` as argument ``name``, and under no other spelling (transformers refuses two)."""
+    for other in CACHE_PARAMETERS:
+        kwargs.pop(other, None)
+    kwargs[name] = cache
+
+
+def replace_returned(out: Any, old: Any, new: Any) -> Any:
+    """``out`` (a ``ModelOutput`` or a tuple) with the object ``old`` replaced by ``new`` wherever it is returned."""
+    if isinstance(out, MutableMapping):  # ModelOutput: the field is past_key_values or cache, by release
+        for key in [k for k, v in out.items() if v is old]:
+            out[key] = new
+        return out
+    if isinstance(out, tuple) and any(v is old for v in out):
+        return tuple(new if v is old else v for v in out)
+    return out
+
+
+def release() -> str:
+    """The installed transformers version, for error messages."""
+    import transformers
+
+    return transformers.__version__
+
+
+def is_causal(attention: nn.Module) -> bool:
+    """Whether an attention masks future positions: its ``is_causal`` flag (T5 has it from 5.15), else
+    whether it belongs to a decoder (its own ``is_decoder``, or its config's)."""
+    for flag in (getattr(attention, "is_causal", None), getattr(attention, "is_decoder", None)):
+        if isinstance(flag, bool):
+            return flag
+    return getattr(getattr(attention, "config", None), "is_decoder", False) is True
 
 
 class PrefixSource(Protocol):
@@ -136,7 +195,12 @@ def _intercepted_attention(module: Any, query, key, value, attention_mask, **kwa
     eager: Any = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-    implementation = ALL_ATTENTION_FUNCTIONS.get_interface(module._fxdelta_attn_implementation, eager)
+    name = module._fxdelta_attn_implementation
+    lookup = getattr(ALL_ATTENTION_FUNCTIONS, "get_interface", None)  # from 5.1; before, a plain registry
+    if lookup is not None:
+        implementation = lookup(name, eager)
+    else:
+        implementation = eager if name in (None, "eager") else ALL_ATTENTION_FUNCTIONS[name]
     return implementation(module, query, key, value, attention_mask, **kwargs)
 
 

@@ -7,7 +7,7 @@
 - ``PrefixStackSite`` (pre-hook and hook on the causal stack): the stack's cache becomes a view that
   adds each layer's prefix, its 2D mask gets P ones in front, explicit ``position_ids`` move by P,
   and the caller gets its real cache back. The prefix is then exactly P tokens of past context, as if
-  given through ``past_key_values``; every layer of the stack must carry the same P (one mask).
+  given as past keys and values; every layer of the stack must carry the same P (one mask).
 - ``PrefixRefreshSite``: reparameterized prefixes are computed once per backbone forward.
 
 Several prefix deltas on one attention are concatenated in creation order (total P = sum).
@@ -53,6 +53,12 @@ class PrefixDelta(Protocol):
     def prefix_encoder(self) -> Any: ...  # the shared MLP to refresh per forward, or None
 
 
+def _cache_parameter(module: nn.Module) -> str | None:
+    from fxdelta.sites.hf import cache_parameter  # imports transformers: only once a prefix is planned
+
+    return cache_parameter(module)
+
+
 def _deltas(entries: Sequence[Entry]) -> list[PrefixDelta]:
     return [cast(PrefixDelta, e.delta) for e in entries]
 
@@ -66,6 +72,7 @@ class PrefixAttentionSite(HookedSite):
         self.length = sum(d.length for d in _deltas(self.entries))
         self._signature = inspect.signature(module.forward)
         self._mask_name = next((n for n in _MASK_NAMES if n in self._signature.parameters), None)
+        self._cache = _cache_parameter(module)  # None when its attention function is intercepted instead
         self._restore: Any = None  # undoes an interception
 
     @property
@@ -79,11 +86,11 @@ class PrefixAttentionSite(HookedSite):
         return torch.cat([k for k, _ in parts], dim=-2), torch.cat([v for _, v in parts], dim=-2)
 
     def _pre_hook(self, module: nn.Module, args: tuple, kwargs: dict):
-        from fxdelta.sites.hf import PrefixView
+        from fxdelta.sites.hf import PrefixView, cache_in, put_cache
 
         args, kw = by_name(self._signature, args, kwargs, keep_first=True)
-        if kw.get("past_key_values") is None:
-            kw["past_key_values"] = PrefixView(None, self)
+        if cache_in(kw) is None and self._cache is not None:
+            put_cache(kw, self._cache, PrefixView(None, self))
             if not self.geometry.causal and self._mask_name:
                 kw[self._mask_name] = widen_mask(kw.get(self._mask_name), self.length)
         return args, kw
@@ -128,6 +135,10 @@ class PrefixStackSite(HookedSite):
         self.layers, self.encoder_decoder = dict(layers), encoder_decoder
         self.length = next(iter(self.layers.values())).length
         self._signature = inspect.signature(stack.forward)
+        cache = _cache_parameter(stack)
+        if cache is None:  # the probe picked this stack because it takes a cache
+            raise StateError(f"fxdelta: the prefixed stack {path} takes no KV cache argument")
+        self._cache = cache
 
     @property
     def key(self) -> tuple:
@@ -141,10 +152,10 @@ class PrefixStackSite(HookedSite):
         return self.layers[layer_idx].kv(layer_idx, key, value)
 
     def _pre_hook(self, module: nn.Module, args: tuple, kwargs: dict):
-        from fxdelta.sites.hf import make_view, new_cache
+        from fxdelta.sites.hf import cache_in, make_view, new_cache, put_cache
 
         args, kw = by_name(self._signature, args, kwargs, keep_first=True)
-        real = kw.get("past_key_values")
+        real = cache_in(kw)
         use_cache = kw.get("use_cache")
         if use_cache is None:
             use_cache = getattr(module.config, "use_cache", False)
@@ -152,7 +163,7 @@ class PrefixStackSite(HookedSite):
             real = new_cache(module.config, self.encoder_decoder)  # the one the stack would have made
         view: Any = make_view(real, self, self.encoder_decoder)
         view.fxdelta_real = real
-        kw["past_key_values"] = view
+        put_cache(kw, self._cache, view)
         mask = kw.get("attention_mask")
         if isinstance(mask, torch.Tensor) and mask.ndim == 2:  # (B, T): P attending tokens in front
             ones = torch.ones(mask.shape[0], self.length, dtype=mask.dtype, device=mask.device)
@@ -164,10 +175,12 @@ class PrefixStackSite(HookedSite):
         return args, kw
 
     def _hook(self, module: nn.Module, args: tuple, kwargs: dict, out: Any):
-        view = kwargs.get("past_key_values")
-        if view is not None and getattr(out, "past_key_values", None) is view:
-            out.past_key_values = cast(Any, view).fxdelta_real  # the caller never sees the view
-        return out
+        from fxdelta.sites.hf import cache_in, replace_returned
+
+        view = cache_in(kwargs)
+        if view is None:
+            return out
+        return replace_returned(out, view, cast(Any, view).fxdelta_real)  # the caller never sees the view
 
     def _register(self) -> list[Any]:
         return [

@@ -82,6 +82,8 @@ class SoftPromptSite(HookedSite):
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)  # (B, N, d)
 
     def _pre_hook(self, module: nn.Module, args: tuple, kwargs: dict):
+        from fxdelta.sites.hf import cache_in
+
         _, kw = by_name(self._signature, args, kwargs)
         n, site = self.length, self.site
         ids, embeds = kw.get("input_ids"), kw.get("inputs_embeds")
@@ -89,7 +91,7 @@ class SoftPromptSite(HookedSite):
         if tokens is None:
             raise FxDeltaError(f"soft prompt: {self.path} was called with neither input_ids nor inputs_embeds")
         new = tokens.shape[1]
-        cache = kw.get("past_key_values")
+        cache = cache_in(kw)
         past = cache.get_seq_length() if cache is not None else 0
         mask = kw.get("attention_mask")
         if mask is not None and mask.ndim != 2:
@@ -172,10 +174,11 @@ class SoftPromptSite(HookedSite):
 
     def _register(self) -> list[Any]:
         # First among pre-hooks: prefix tuning's stack hook must see [soft; real] and the caller's counts.
+        # The reset goes in front of even that: on a bare stack the backbone is the embedding module itself.
         handles = [
             self.module.register_forward_pre_hook(self._pre_hook, with_kwargs=True, prepend=True),
             self.module.register_forward_hook(self._hook, with_kwargs=True, prepend=True),
-            self.backbone.register_forward_pre_hook(self._reset),
+            self.backbone.register_forward_pre_hook(self._reset, prepend=True),
         ]
         if self.site.pooler and all(d.pool_real_cls for d in self.deltas):
             handles.append(
