@@ -39,8 +39,14 @@ def snapshot(model: nn.Module, inputs: Any) -> Snapshot:
     )
 
 
-def assert_unchanged(model: nn.Module, before: Snapshot, inputs: Any, *, same_hook_ids: bool = True) -> None:
+def assert_unchanged(
+    model: nn.Module, before: Snapshot, inputs: Any, *, same_hook_ids: bool = True, state: Any = None
+) -> None:
+    """``model`` is as ``before`` found it; ``state``: fxdelta's state it may hold now (deltas all detached)."""
     after = snapshot(model, inputs)
+    if state is not None:
+        assert after.state is state
+        after.state = before.state
     assert after.names == before.names
     assert after.classes == before.classes
     assert after.forwards == before.forwards

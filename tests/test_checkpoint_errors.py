@@ -130,3 +130,113 @@ def test_from_finetuned_refuses_a_multi_delta_checkpoint(tmp_path):
     with pytest.raises(CheckpointError, match=r"holds 2 deltas; use fxdelta\.load"):
         AutoDeltaModel.from_finetuned(tmp_path / "two", backbone_model=fresh)
     assert_unchanged(fresh, before, inputs)
+
+
+def _edit_json(field_path, value):
+    """A damage that sets one field of delta_config.json (``deltas.0.sources``, ``backbone``, ...)."""
+
+    def damage(folder):
+        import json
+
+        meta = json.loads((folder / "delta_config.json").read_text())
+        *where, last = field_path.split(".")
+        node = meta
+        for key in where:
+            node = node[int(key)] if key.isdigit() else node[key]
+        node[int(last) if last.isdigit() else last] = value
+        (folder / "delta_config.json").write_text(json.dumps(meta))
+
+    return damage
+
+
+def _deep_json(folder):
+    (folder / "delta_config.json").write_text('{"format": "fxdelta", "deltas": ' + "[" * 100_000 + "]" * 100_000 + "}")
+
+
+def _infinite_alpha(folder):
+    text = (folder / "delta_config.json").read_text()
+    (folder / "delta_config.json").write_text(text.replace('"lora_alpha": 16', '"lora_alpha": Infinity'))
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (_edit_json("deltas.0.sources", 5), "sources must be"),
+        (_edit_json("deltas.0.unfrozen", [[1]]), "unfrozen must be"),
+        (_edit_json("deltas.0.name", ["a"]), "must be an object with a string 'name'"),
+        (_edit_json("deltas.0.targets", "bert.encoder"), "targets must be"),
+        (_edit_json("deltas.0", 3), r"deltas\[0\] must be an object"),
+        (_edit_json("backbone", "bert"), "'backbone' must be"),
+        (_deep_json, "not valid JSON"),
+        (_infinite_alpha, "lora_alpha must be a finite number"),
+    ],
+    ids=["sources-int", "unfrozen-nested", "name-list", "targets-str", "delta-int", "backbone-str", "deep", "inf"],
+)
+def test_malformed_fields_are_refused_before_anything_is_built(tmp_path, damage, message):
+    folder = _saved(tmp_path)
+    damage(folder)
+    fresh, inputs = ZOO["bert"].build(), ZOO["bert"].inputs()
+    before = snapshot(fresh, inputs)
+    with pytest.raises(CheckpointError, match=message):
+        fxdelta.load(fresh, folder)
+    assert fxdelta.delta_models(fresh) == {}
+    assert_unchanged(fresh, before, inputs)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool])
+def test_tensors_that_would_change_on_load_are_refused(tmp_path, dtype):
+    from safetensors.torch import load_file, save_file
+
+    folder = _saved(tmp_path)
+    tensors = load_file(str(folder / "delta.safetensors"))
+    key = sorted(tensors)[0]
+    tensors[key] = tensors[key].to(dtype)
+    save_file(tensors, str(folder / "delta.safetensors"))
+    fresh, inputs = ZOO["bert"].build(), ZOO["bert"].inputs()
+    before = snapshot(fresh, inputs)
+    with pytest.raises(CheckpointError, match=rf"saved as {dtype} but the delta holds torch.float32"):
+        fxdelta.load(fresh, folder)
+    assert_unchanged(fresh, before, inputs)
+
+
+def test_a_narrower_float_is_refused(tmp_path):
+    folder = _saved(tmp_path)  # float32
+    fresh = ZOO["bert"].build().to(torch.float16)
+    with pytest.raises(CheckpointError, match=r"saved as torch\.float32 but the delta holds torch\.float16"):
+        fxdelta.load(fresh, folder)
+    assert fxdelta.delta_models(fresh) == {}
+
+
+def test_a_wider_float_loads_exactly(tmp_path):
+    model = ZOO["bert"].build().to(torch.float64)
+    folder = _saved(tmp_path, ZOO["bert"].build().to(torch.bfloat16))
+    fxdelta.load(model, folder)  # bfloat16 into float64 keeps every value
+    assert next(iter(fxdelta.delta_models(model).values())).attached
+
+
+def test_loading_what_is_already_attached_is_refused(tmp_path):
+    model = ZOO["bert"].build()
+    folder = _saved(tmp_path, model)  # the very delta now on model
+    with pytest.raises(CheckpointError, match="already on this BertForMaskedLM as delta 'lora'"):
+        fxdelta.load(model, folder)
+    assert list(fxdelta.delta_models(model)) == ["lora"]
+    fresh, inputs = ZOO["bert"].build(), ZOO["bert"].inputs()
+    fxdelta.load(fresh, folder)
+    before = snapshot(fresh, inputs)
+    with pytest.raises(CheckpointError, match="apply it twice"):  # a re-run notebook cell
+        fxdelta.load(fresh, folder)
+    assert_unchanged(fresh, before, inputs)
+    with torch.no_grad():  # equal config, other tensors: a second task, which loads beside the first
+        for p in fxdelta.delta_models(fresh)["lora"].parameters():
+            p.mul_(2)
+    fxdelta.save(fresh, tmp_path / "task-b")
+    served = fxdelta.load(fxdelta.load(ZOO["bert"].build(), folder), tmp_path / "task-b")
+    assert sorted(fxdelta.delta_models(served)) == ["lora", "lora_1"]
+
+
+def test_loading_onto_something_that_is_not_a_module(tmp_path):
+    folder = _saved(tmp_path)
+    with pytest.raises(fxdelta.UnsupportedModelError, match=r"torch\.nn\.Module"):
+        fxdelta.load("not a model", folder)
+    with pytest.raises(CheckpointError, match="folder path"):
+        fxdelta.load(ZOO["bert"].build(), None)

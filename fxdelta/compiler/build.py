@@ -10,13 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
 from fxdelta.compiler.examples import example_for
 from fxdelta.compiler.select import Pair, select_targets
 from fxdelta.compiler.state import BackboneState
 from fxdelta.core.entries import Entry
-from fxdelta.core.errors import SelectorError, UnsupportedModelError
+from fxdelta.core.errors import ConfigError, SelectorError, UnsupportedModelError
 from fxdelta.spec.config import DeltaConfig
 from fxdelta.spec.method import Method, TargetInfo
 
@@ -65,7 +66,7 @@ def build_entries(
             Entry(
                 target,
                 method.route,
-                method.build(config, info),
+                _delta(method, config, info),
                 name,
                 order,
                 hooks_only=hooks_only,
@@ -77,6 +78,26 @@ def build_entries(
     if method.link is not None and entries:
         method.link(config, [e.delta for e in entries], dtype=infos[-1].dtype, device=infos[-1].device)
     return Built(pairs, entries)
+
+
+def _delta(method: Method, config: DeltaConfig, info: TargetInfo) -> nn.Module:
+    """The method's delta module for one target: allocated, and finite where it is real."""
+    try:
+        delta = method.build(config, info)
+    except (MemoryError, RuntimeError) as e:
+        if not isinstance(e, MemoryError) and "alloc" not in str(e):
+            raise
+        raise ConfigError(
+            f"{config.delta_type}: the delta for {info.path or '<root>'} does not fit in memory ({e}); "
+            f"use smaller hyper-parameters"
+        ) from e
+    for name, t in [*delta.named_parameters(), *delta.named_buffers()]:
+        if t.device.type != "meta" and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ConfigError(
+                f"{config.delta_type}: the delta for {info.path or '<root>'} starts with non-finite values in "
+                f"{name}; check its hyper-parameters ({type(config).__name__})"
+            )
+    return delta
 
 
 def _target_info(
@@ -93,6 +114,11 @@ def _target_info(
             raise UnsupportedModelError(_not_observed(state, path))
     h_in = state.records[source or target].h_in
     h_out = state.records[target].h_out
+    if source is not None and state.records[source].order > state.records[target].order:
+        raise SelectorError(
+            f"{config.delta_type} pairs {source} with {target}, but {source} first runs after {target}, so its "
+            f"input does not exist yet when {target} needs it; give each pair as [source, target] in the order they run"
+        )
     if h_out is None or not h_out.floating:
         raise SelectorError(
             f"{target} does not output a floating-point hidden state, so {config.delta_type} cannot patch it"

@@ -5,15 +5,14 @@ This replaces OpenDelta's real dummy forward. The backbone runs once under ``Fak
 (e.g. ``nn.TransformerEncoderLayer``) skip calling their submodules. Each module of interest has
 its ``forward`` wrapped by a recorder, not hooked, because torch disables some fast paths when
 hooks are present; a module that is not called here would silently never see its delta.
-Everything the forward touched (training flags, attributes, buffers) is restored afterwards.
+Everything the forward touched is restored afterwards (``fxdelta.compiler.restore``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -21,28 +20,11 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from fxdelta.compiler.examples import Example
+from fxdelta.compiler.restore import restored_after
 from fxdelta.core.calls import OutKind, first_hidden, first_param_name, hidden_slot
 from fxdelta.core.records import CallRecord, TensorSpec
 
 logger = logging.getLogger(__name__)
-
-
-@contextlib.contextmanager
-def restored_after(model: nn.Module) -> Iterator[None]:
-    """Undo whatever a forward pass wrote into the model (flags, attributes, buffers, params)."""
-    saved = [(m, dict(m.__dict__), dict(m._parameters), dict(m._buffers), dict(m._modules)) for m in model.modules()]
-    try:
-        yield
-    finally:
-        for m, attrs, params, buffers, modules in saved:
-            m._parameters.clear()
-            m._parameters.update(params)
-            m._buffers.clear()
-            m._buffers.update(buffers)
-            m._modules.clear()
-            m._modules.update(modules)
-            m.__dict__.clear()
-            m.__dict__.update(attrs)
 
 
 def as_fake(value: Any, mode: FakeTensorMode) -> Any:
@@ -116,11 +98,13 @@ def observe(
     modules = dict(backbone.named_modules())
     records: dict[str, CallRecord] = {}
     counts: dict[str, int] = {}
+    started: dict[str, int] = {}
 
     def recorder(path: str, module: nn.Module, original: Any) -> Any:
         first = first_param_name(module)
 
         def forward(*args: Any, **kwargs: Any) -> Any:
+            started.setdefault(path, len(started))
             out = original(*args, **kwargs)
             counts[path] = counts.get(path, 0) + 1
             if path not in records:
@@ -142,4 +126,4 @@ def observe(
     except Exception as e:  # any failure only means less information; the caller decides
         failure = f"{type(e).__name__}: {e}"
         logger.info("fxdelta: FakeTensor observation of %s failed: %s", type(backbone).__name__, failure)
-    return {p: dataclasses.replace(r, calls=counts[p]) for p, r in records.items()}, failure
+    return {p: dataclasses.replace(r, calls=counts[p], order=started[p]) for p, r in records.items()}, failure

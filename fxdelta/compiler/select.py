@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import torch
 from torch import nn
 
 from fxdelta.core.entries import DELTA_NAMESPACE, DeltaContainer
 from fxdelta.core.errors import ConfigError, SelectorError
-from fxdelta.core.paths import backbone_module_names
+from fxdelta.core.paths import backbone_module_names, parent_paths
 from fxdelta.spec.config import DeltaConfig
 from fxdelta.spec.method import Method
 from fxdelta.spec.selectors import select
@@ -35,9 +36,21 @@ def select_targets(backbone: nn.Module, method: Method, config: DeltaConfig) -> 
         selectors = config.modified_modules or default_selectors(backbone, method.default_positions, config.delta_type)
         chosen = [(None, t) for t in select(names, selectors, exclude)]
     modules = dict(backbone.named_modules())
-    for _, t in chosen:
+    for s, t in chosen:
+        for path in {t, s or t}:
+            _outside_torchscript(modules, path)
         _check_target(modules[t], t, method, config)
     return chosen
+
+
+def _outside_torchscript(modules: dict[str, nn.Module], path: str) -> None:
+    for p in [path, *parent_paths(path)]:
+        if isinstance(modules[p], torch.jit.ScriptModule):
+            raise SelectorError(
+                f"{path or '<root>'} is inside the TorchScript module {p or '<root>'} (torch.jit.script): its "
+                f"calls run in TorchScript, where fxdelta cannot add a delta; patch modules outside it, or script "
+                f"it after compiling"
+            )
 
 
 def _located(backbone: nn.Module, locate: Callable[[nn.Module], str], config: DeltaConfig, names: Sequence[str]) -> str:

@@ -84,11 +84,12 @@ class BackboneState:
     # -- observation ------------------------------------------------------------------------------
     def observe(self, targets: Sequence[str], example: Example) -> None:
         """Record call patterns of ``targets`` and their ancestors (cached across deltas)."""
-        wanted = {p for t in targets for p in [t, *parent_paths(t)]} - set(self.records)
-        if not wanted:
+        wanted = {p for t in targets for p in [t, *parent_paths(t)]}
+        if wanted <= set(self.records):
             return
         with self.suspended():
-            records, failure = observe(self.backbone, example, sorted(wanted))
+            # Everything recorded so far again, too: call order is only comparable within one run.
+            records, failure = observe(self.backbone, example, sorted(wanted | set(self.records)))
             self.records.update(records)
             if failure:
                 self.failures.append(failure)

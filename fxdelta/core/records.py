@@ -44,6 +44,7 @@ class CallRecord:
     h_out: TensorSpec | None
     outputs: tuple[TensorSpec, ...] | None  # every output tensor when the output is a tensor/tuple of them
     calls: int = 1
+    order: int = 0  # when its first call started, among the observed modules' first calls
 
     @property
     def all_tensor_inputs(self) -> bool:

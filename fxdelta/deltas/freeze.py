@@ -28,6 +28,10 @@ def freeze(backbone: nn.Module, exclude: Sequence[str], module_names: Sequence[s
         raise SelectorError(
             f"exclude must be a list of selectors, got the bare string {exclude!r}; wrap it: [{exclude!r}]"
         )
+    if not isinstance(exclude, (list, tuple)) or not all(isinstance(p, str) and p for p in exclude):
+        raise SelectorError(
+            f"exclude must be a list of selector strings (e.g. ['deltas', 'classifier']), got {exclude!r}"
+        )
     params = dict(backbone.named_parameters())
     keep: set[str] = set()
     for pattern in exclude:

@@ -6,11 +6,12 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from torch import nn
 
 from fxdelta.compiler.state import BackboneState
 from fxdelta.core.entries import DELTA_NAMESPACE
-from fxdelta.core.errors import CheckpointError, FxDeltaError
+from fxdelta.core.errors import CheckpointError, FxDeltaError, UnsupportedModelError
 from fxdelta.deltas.classes import model_class_for
 from fxdelta.deltas.handle import DeltaModel, discard
 from fxdelta.io import checkpoint
@@ -23,6 +24,8 @@ def load_deltas(directory: str | os.PathLike, backbone: nn.Module, **options: An
     Everything is checked before the backbone changes; if anything fails, the backbone is left
     exactly as it was (deltas removed, unfrozen backbone tensors restored).
     """
+    if not isinstance(backbone, nn.Module):
+        raise UnsupportedModelError(f"deltas are loaded onto a torch.nn.Module, got {type(backbone).__name__}")
     meta = checkpoint.read_meta(directory)
     checkpoint.check_backbone(meta, backbone, directory)
     tensors = checkpoint.read_tensors(directory)
@@ -32,12 +35,13 @@ def load_deltas(directory: str | os.PathLike, backbone: nn.Module, **options: An
     used: set[str] = set()
     try:
         for entry in meta["deltas"]:
-            handle = _build_detached(entry, backbone, options, directory)
-            handles.append(handle)
+            handle = _build_detached(entry, backbone, options, directory, handles)
             used |= _fill(handle, entry, tensors, directory)
+            _refuse_a_second_copy(handle, directory)
             for name in entry.get("unfrozen", []):
                 if name not in params or name not in tensors or params[name].shape != tensors[name].shape:
                     raise CheckpointError(f"{directory}: backbone tensor {name!r} is missing or has the wrong shape")
+                _check_dtype(directory, name, tensors[name], params[name])
                 restore[name] = params[name].detach().clone()
                 used.add(name)
         extra = sorted(set(tensors) - used)
@@ -59,24 +63,69 @@ def load_deltas(directory: str | os.PathLike, backbone: nn.Module, **options: An
     return handles
 
 
-def _build_detached(entry: Mapping[str, Any], backbone: nn.Module, options: dict, directory: Any) -> DeltaModel:
+def _build_detached(
+    entry: Mapping[str, Any], backbone: nn.Module, options: dict, directory: Any, built: list[DeltaModel]
+) -> DeltaModel:
+    """The (detached) delta an entry describes, appended to ``built`` as soon as it exists."""
     try:
         config = config_from_dict(entry["config"])
-        saved_name, targets = entry["name"], list(entry["targets"])
-    except (KeyError, TypeError, FxDeltaError) as e:
+    except FxDeltaError as e:
         raise CheckpointError(f"{directory}: a delta entry of its config is malformed: {e}") from e
+    saved_name, targets = entry["name"], entry["targets"]  # types checked by read_meta
     state = BackboneState.find(backbone)
     taken = {h.name for h in state.handles} if state else set()
-    config = config.replace(name=None if saved_name in taken else saved_name)
+    try:
+        config = config.replace(name=None if saved_name in taken else saved_name)
+    except FxDeltaError as e:
+        raise CheckpointError(f"{directory}: a delta entry of its config is malformed: {e}") from e
     handle = model_class_for(config.delta_type)(backbone, config, attach=False, **options)
-    if handle.targets != targets or handle.sources != list(entry.get("sources", [None] * len(targets))):
-        discard(handle)
+    built.append(handle)
+    if handle.targets != targets or handle.sources != entry.get("sources", [None] * len(targets)):
         raise CheckpointError(
             f"{directory}: its selectors pick {len(handle.targets)} modules on this backbone, not the "
             f"{len(targets)} it was saved with; load it onto the architecture it was trained on"
         )
     handle._unfrozen = list(entry.get("unfrozen", []))
     return handle
+
+
+def _lossless(saved: torch.dtype, wanted: torch.dtype) -> bool:
+    """Whether a ``saved`` tensor copies into a ``wanted`` one without changing a value."""
+    if saved == wanted:
+        return True
+    if not (saved.is_floating_point and wanted.is_floating_point):
+        return False
+    s, w = torch.finfo(saved), torch.finfo(wanted)
+    return w.max >= s.max and w.eps <= s.eps and w.tiny <= s.tiny
+
+
+def _check_dtype(directory: Any, key: str, saved: torch.Tensor, wanted: torch.Tensor) -> None:
+    if not _lossless(saved.dtype, wanted.dtype):
+        raise CheckpointError(
+            f"{directory}: tensor {key!r} is saved as {saved.dtype} but the delta holds {wanted.dtype}; copying would "
+            f"change its values. Load it onto a backbone in the dtype it was trained in (model.to({saved.dtype}))"
+        )
+
+
+def _refuse_a_second_copy(handle: DeltaModel, directory: Any) -> None:
+    """Loading what is already on the backbone (a re-run cell) would apply the same delta twice."""
+    state = BackboneState.find(handle.backbone)
+    mine = handle.config.exported().to_dict() | {"name": None}
+    for other in state.handles if state else []:
+        if other is handle or not isinstance(other, DeltaModel) or other.targets != handle.targets:
+            continue
+        if other.config.exported().to_dict() | {"name": None} != mine:
+            continue
+        ours, theirs = _exported(handle), _exported(other)
+        if ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k].to(ours[k].device)) for k in ours):
+            raise CheckpointError(
+                f"{directory} is already on this {type(handle.backbone).__name__} as delta {other.name!r}: loading "
+                f"it again would apply it twice. Use fxdelta.delta_models(model)[{other.name!r}], or discard it first"
+            )
+
+
+def _exported(handle: DeltaModel) -> dict[str, torch.Tensor]:
+    return {f"{i}.{k}": v for i, e in enumerate(handle.entries) for k, v in handle.method.state_of(e.delta).items()}
 
 
 def _fill(handle: DeltaModel, entry: Mapping[str, Any], tensors: Mapping[str, Any], directory: Any) -> set[str]:
@@ -93,6 +142,7 @@ def _fill(handle: DeltaModel, entry: Mapping[str, Any], tensors: Mapping[str, An
                     f"{directory}: tensor {key!r} has shape {tuple(tensors[key].shape)}, "
                     f"the delta expects {tuple(p.shape)}"
                 )
+            _check_dtype(directory, key, tensors[key], p)
             p.copy_(tensors[key])
             used.add(key)
     return used

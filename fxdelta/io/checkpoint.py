@@ -19,6 +19,7 @@ from torch import nn
 
 from fxdelta.core.errors import CheckpointError
 from fxdelta.core.paths import delta_parameter_names
+from fxdelta.io.atomic import interrupted_saves, replace_folder
 
 TENSORS_FILE = "delta.safetensors"
 CONFIG_FILE = "delta_config.json"
@@ -38,26 +39,36 @@ def fingerprint(backbone: nn.Module) -> str:
 def write(
     directory: str | os.PathLike, backbone: nn.Module, deltas: list[dict[str, Any]], tensors: dict[str, torch.Tensor]
 ) -> None:
+    """Write (or replace, in one step) the checkpoint folder ``directory``."""
     from safetensors.torch import save_file
 
-    path = Path(directory)
-    path.mkdir(parents=True, exist_ok=True)
+    if not isinstance(directory, (str, os.PathLike)):
+        kind = type(directory).__name__
+        raise CheckpointError(f"a checkpoint is saved to a folder path (str or os.PathLike), got {kind}")
+
     meta = {
         "format": "fxdelta",
         "format_version": FORMAT_VERSION,
         "backbone": {"class": type(backbone).__name__, "fingerprint": fingerprint(backbone)},
         "deltas": deltas,
     }
-    save_file(
-        {k: v.contiguous().cpu() for k, v in tensors.items()}, str(path / TENSORS_FILE), metadata={"format": "pt"}
-    )
-    (path / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    arrays = {k: v.contiguous().cpu() for k, v in tensors.items()}
+
+    def fill(folder: Path) -> None:
+        save_file(arrays, str(folder / TENSORS_FILE), metadata={"format": "pt"})
+        (folder / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+
+    replace_folder(Path(directory), fill, allowed=(TENSORS_FILE, CONFIG_FILE), what="delta checkpoint")
 
 
 def read_meta(directory: str | os.PathLike) -> dict[str, Any]:
+    if not isinstance(directory, (str, os.PathLike)):
+        raise CheckpointError(f"a checkpoint is a folder path (str or os.PathLike), got {type(directory).__name__}")
     path = Path(directory)
     if not path.is_dir():
-        raise CheckpointError(f"no delta checkpoint folder at {str(path)!r}")
+        aside = interrupted_saves(path)
+        hint = f"; a save was interrupted and left the previous checkpoint at {str(aside[-1])!r}" if aside else ""
+        raise CheckpointError(f"no delta checkpoint folder at {str(path)!r}{hint}")
     config = path / CONFIG_FILE
     if not config.is_file():
         raise CheckpointError(
@@ -65,15 +76,45 @@ def read_meta(directory: str | os.PathLike) -> dict[str, Any]:
         )
     try:
         meta = json.loads(config.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{config} is not valid JSON: {e}") from e
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
+        raise CheckpointError(f"{config} is not valid JSON: {type(e).__name__}: {e}") from e
     if not isinstance(meta, dict) or meta.get("format") != "fxdelta" or not isinstance(meta.get("deltas"), list):
         raise CheckpointError(f"{config} is not an fxdelta delta config")
     if meta.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
             f"{config} has format_version {meta.get('format_version')!r}; this fxdelta reads {FORMAT_VERSION}"
         )
+    _check_fields(meta, config)
     return meta
+
+
+def _is_list_of(value: Any, kinds: tuple[type, ...]) -> bool:
+    return isinstance(value, list) and all(isinstance(v, kinds) for v in value)
+
+
+def _check_fields(meta: dict[str, Any], config: Path) -> None:
+    """Every field loading reads has the type it must have, before anything is built from it."""
+
+    def bad(where: str, expected: str) -> CheckpointError:
+        return CheckpointError(f"{config}: {where} must be {expected}; the file is damaged or not fxdelta's")
+
+    backbone = meta.get("backbone")
+    if not isinstance(backbone, dict) or not all(isinstance(backbone.get(k), str) for k in ("class", "fingerprint")):
+        raise bad("'backbone'", "an object with string 'class' and 'fingerprint'")
+    for i, entry in enumerate(meta["deltas"]):
+        where = f"deltas[{i}]"
+        if not isinstance(entry, dict):
+            raise bad(where, "an object")
+        if not isinstance(entry.get("name"), str) or not isinstance(entry.get("config"), dict):
+            raise bad(where, "an object with a string 'name' and an object 'config'")
+        targets: Any = entry.get("targets")
+        if not _is_list_of(targets, (str,)):
+            raise bad(f"{where}.targets", "a list of module paths")
+        sources = entry.get("sources", [None] * len(targets))
+        if not _is_list_of(sources, (str, type(None))) or len(sources) != len(targets):
+            raise bad(f"{where}.sources", f"a list of {len(targets)} module paths or nulls")
+        if not _is_list_of(entry.get("unfrozen", []), (str,)):
+            raise bad(f"{where}.unfrozen", "a list of parameter names")
 
 
 def read_tensors(directory: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -50,7 +50,9 @@ class DoraDelta(LoraDelta):
         weight = _weight(self._layer)
         with torch.no_grad():  # ||W + s B A|| per output row, a constant for backward
             norm = (weight + (self.lora_B @ self.lora_A) * self.scaling).norm(dim=1)  # (out,)
-        scale = self.magnitude / norm  # (out,)
+        # A row with no direction (all zero) keeps scale 1: m / 0 would turn the whole output NaN.
+        nonzero = norm > 0
+        scale = torch.where(nonzero, self.magnitude / torch.where(nonzero, norm, 1.0), 1.0)  # (out,)
         bias = getattr(self._layer, "bias", None)
         base = h if bias is None else h - bias  # (..., out): x W^T
         if self.lora_dropout is not None:
@@ -60,6 +62,7 @@ class DoraDelta(LoraDelta):
 
 
 def build(config: DoraConfig, target: TargetInfo) -> DoraDelta:
+    target.factor(type(config).__name__, "lora_alpha", config.lora_alpha / config.lora_r)
     return DoraDelta(target.module, config, dtype=target.dtype, device=target.device)
 
 

@@ -55,6 +55,7 @@ class LoraDelta(nn.Module):
 
 
 def build(config: LoraConfig, target: TargetInfo) -> LoraDelta:
+    target.factor(type(config).__name__, "lora_alpha", config.lora_alpha / config.lora_r)
     return LoraDelta(target.in_features, target.out_features, config, dtype=target.dtype, device=target.device)
 
 

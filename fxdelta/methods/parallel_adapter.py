@@ -45,6 +45,7 @@ class ParallelAdapterDelta(Bottleneck):
 
 
 def build(config: ParallelAdapterConfig, target: TargetInfo) -> ParallelAdapterDelta:
+    target.factor(type(config).__name__, "scaled", config.scaled)
     return ParallelAdapterDelta(
         target.in_features, target.h_out.shape[-1], config, dtype=target.dtype, device=target.device
     )

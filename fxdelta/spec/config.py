@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -88,13 +89,13 @@ class DeltaConfig:
 
     def _number(self, field: str, low: float, high: float | None = None, *, low_inclusive: bool = True) -> None:
         value = getattr(self, field)
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         if ok:
             ok = value >= low if low_inclusive else value > low
             if high is not None:
                 ok = ok and value < high
         bound = f"{'>=' if low_inclusive else '>'} {low}" + (f" and < {high}" if high is not None else "")
-        self._require(field, ok, f"a number {bound}")
+        self._require(field, ok, f"a finite number {bound}")
 
     def _enum(self, field: str, enum_cls: type[enum.Enum]) -> None:
         value = getattr(self, field)

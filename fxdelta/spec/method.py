@@ -7,6 +7,7 @@ checkpoint holds), so nothing is found out with ``hasattr`` at run time.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 
 from fxdelta.core.entries import SitePlanner
-from fxdelta.core.errors import UnsupportedModelError
+from fxdelta.core.errors import ConfigError, UnsupportedModelError
 from fxdelta.core.records import TensorSpec
 from fxdelta.core.routes import Route
 from fxdelta.spec.config import DeltaConfig
@@ -63,6 +64,15 @@ class TargetInfo:
     @property
     def device(self) -> torch.device:
         return self.h_out.device
+
+    def factor(self, owner: str, field: str, value: float) -> float:
+        """``value``, a constant the delta multiplies tensors by, once checked to stay finite in its dtype."""
+        if not math.isfinite(value) or abs(value) > torch.finfo(self.dtype).max:
+            raise ConfigError(
+                f"{owner}.{field} makes the delta on {self.path or '<root>'} multiply by {value:g}, which is not "
+                f"finite in {self.dtype}; use a smaller value"
+            )
+        return value
 
 
 def is_linear_like(module: nn.Module) -> bool:
