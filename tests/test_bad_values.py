@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+import fxdelta
 from fxdelta import (
     CompacterModel,
     ConfigError,
@@ -93,3 +94,97 @@ def test_freeze_module_with_a_bad_exclude(exclude):
     with pytest.raises(FxDeltaError, match="exclude"):
         handle.freeze_module(exclude=exclude)
     assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+
+
+class WithBlock(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8))
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.head(self.block(x))
+
+
+@pytest.mark.parametrize("hooks_only", [False, True], ids=["graph", "hooks"])
+def test_a_sequential_target_still_runs_its_layers_and_the_delta(hooks_only):
+    torch.manual_seed(0)
+    model = WithBlock().eval()
+    x = torch.randn(2, 8)
+    with torch.no_grad():
+        base = model(x)
+        handle = fxdelta.AdapterModel(model, modified_modules=["block"], hooks_only=hooks_only)
+        assert torch.equal(model(x), base)  # the deltas child runs as the identity inside the Sequential
+        for p in handle.parameters():
+            p.normal_()
+        assert not torch.allclose(model(x), base)
+        handle.detach()
+        assert torch.equal(model(x), base)
+
+
+def test_a_trimmed_state_dict_is_whole_again_once_the_delta_is_detached():
+    model = ZOO["bert"].build()
+    keys = set(model.state_dict())
+    handle = LoraModel(model)
+    handle.freeze_module(set_state_dict=True)
+    trimmed = set(model.state_dict())
+    assert trimmed and all(".deltas." in k for k in trimmed)
+    handle.detach()
+    assert set(model.state_dict()) == keys  # saving the bare backbone writes all of it
+    handle.attach()
+    assert set(model.state_dict()) == trimmed
+
+
+class Activation(nn.Module):
+    def forward(self, x, activation=torch.nn.functional.relu, bias=torch.zeros(8)):  # noqa: B008  (the point)
+        return activation(x) + bias
+
+
+class NoRegion(nn.Module):
+    """Its own forward has an argument the call leaves at its default: never traced as a region."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+        self.act = Activation()
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x, unused=None):
+        return self.head(self.act(self.fc(x)))
+
+
+def test_forwards_with_defaults_fx_cannot_write_still_compile():
+    torch.manual_seed(0)
+    model = NoRegion().eval()
+    x = torch.randn(2, 8)
+    with torch.no_grad():
+        base = model(x)
+        handle = fxdelta.IA3Model(model, modified_modules=["act", "fc"])
+        assert torch.equal(model(x), base)
+        for p in handle.parameters():
+            p.normal_()
+        assert not torch.equal(model(x), base)
+        handle.detach()
+        assert torch.equal(model(x), base)
+
+
+def test_a_wrapped_forward_compiles():
+    torch.manual_seed(0)
+    model = NoRegion().eval()
+    old = model.head.forward
+
+    def wrapper(*a, _old=old, **k):  # what tools that wrap forwards install
+        return _old(*a, **k)
+
+    model.head.forward = wrapper
+    x = torch.randn(2, 8)
+    with torch.no_grad():
+        base = model(x)
+        handle = fxdelta.LoraModel(model, modified_modules=["head"])
+        assert torch.equal(model(x), base)
+        for p in handle.parameters():
+            p.normal_()
+        assert not torch.equal(model(x), base)
+        handle.detach()
+        assert torch.equal(model(x), base)
+    assert model.head.forward is wrapper

@@ -90,3 +90,19 @@ def test_a_target_inside_torchscript_is_refused_and_the_model_stays_as_it_was():
     with pytest.raises(SelectorError, match="TorchScript"):
         fxdelta.LoraModel(model, modified_modules=["1.inner"])
     assert_unchanged(model, before, x)
+
+
+def test_compiling_runs_none_of_the_users_hooks():
+    from zoo import ZOO
+
+    model = ZOO["gpt2"].build()
+    calls = []
+    mlp = model.transformer.h[0].mlp
+    mlp.act.register_forward_hook(lambda *a: calls.append("act"))  # a leaf inside a region validation runs
+    mlp.c_fc.register_forward_pre_hook(lambda *a: calls.append("c_fc"))
+    model.transformer.register_forward_hook(lambda *a: calls.append("stack"))
+    fxdelta.AdapterModel(model, modified_modules=["mlp.c_proj"])
+    fxdelta.PrefixModel(model, prefix_token_num=2, reparameterize=False)  # its probe runs the model too
+    assert calls == []
+    model(**ZOO["gpt2"].inputs())
+    assert sorted(set(calls)) == ["act", "c_fc", "stack"]  # and they are all still there

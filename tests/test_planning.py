@@ -28,9 +28,16 @@ class Nested(nn.Module):
 
 
 def sites(model):
+    """The sites that carry deltas (the region guard, which carries none, is checked on its own)."""
     return sorted(
-        (s.kind.value, s.path, tuple(sorted({e.target for e in s.entries}))) for s in BackboneState.find(model).sites
+        (s.kind.value, s.path, tuple(sorted({e.target for e in s.entries})))
+        for s in BackboneState.find(model).sites
+        if s.entries
     )
+
+
+def guarded(model) -> bool:
+    return any(s.kind.value == "region guard" for s in BackboneState.find(model).sites)
 
 
 def build():
@@ -74,3 +81,38 @@ def test_plan_does_not_depend_on_history():
     adapter.attach()
     adapter.detach()
     assert sites(model) == sites(fresh)
+
+
+def test_a_hook_added_after_compile_to_a_traced_through_module_runs():
+    """``block`` is inlined into the root's graph: a hook added to it later must not be skipped."""
+    model = build()
+    x = torch.randn(4, 8)
+    handle = fxdelta.LoraModel(model, modified_modules=["fc1"])
+    with torch.no_grad():
+        for p in handle.parameters():
+            p.normal_()
+        patched = model(x)
+    assert sites(model) == [("traced region", "", ("block.fc1",))] and guarded(model)
+    seen = []
+    model.block.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    with torch.no_grad():
+        assert torch.equal(model(x), patched)  # re-planned first, then run with the hook and the delta
+    assert seen == [torch.Size([4, 8])]
+    assert ("traced region", "block", ("block.fc1",)) in sites(model)
+
+
+def test_a_forward_replaced_after_compile_on_a_traced_through_module_runs():
+    model = build()
+    x = torch.randn(4, 8)
+    fxdelta.LoraModel(model, modified_modules=["fc1"])
+    calls = []
+    original = model.block.forward
+
+    def wrapped(*args, **kwargs):  # what device-dispatch tools install
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    model.block.forward = wrapped
+    with torch.no_grad():
+        model(x)
+    assert calls == [1]

@@ -24,7 +24,14 @@ def apply(state: BackboneState, entries: Iterable[Entry]) -> None:
     new_entries = sorted(entries, key=lambda e: e.order)
     old_entries = state.active
     planner = Planner(
-        state.backbone, state.records, state.hooks_needed, state.traces, state.sites, state.suspended, state.reuse
+        state.backbone,
+        state.records,
+        state.hooks_needed,
+        state.traces,
+        state.sites,
+        state.suspended,
+        state.reuse,
+        refresh=_Replan(state),
     )
     planned = planner.plan(new_entries)
     current = {s.key: s for s in state.sites}
@@ -50,6 +57,17 @@ def apply(state: BackboneState, entries: Iterable[Entry]) -> None:
         raise
     state.sites = [current.get(s.key, s) for s in planned]
     state.active = new_entries
+
+
+class _Replan:
+    """Re-plans a backbone for the deltas attached now (an object, not a closure: a deepcopy of the
+    backbone must re-plan the copy)."""
+
+    def __init__(self, state: BackboneState) -> None:
+        self.state = state
+
+    def __call__(self) -> None:
+        apply(self.state, self.state.active)
 
 
 def register(modules: Mapping[str, nn.Module], old: list[Entry], new: list[Entry]) -> None:

@@ -20,7 +20,7 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from fxdelta.compiler.examples import Example
-from fxdelta.compiler.restore import restored_after
+from fxdelta.compiler.restore import hooks_set_aside, restored_after
 from fxdelta.core.calls import OutKind, first_hidden, first_param_name, hidden_slot
 from fxdelta.core.records import CallRecord, TensorSpec
 
@@ -47,7 +47,7 @@ def run_on_fakes(backbone: nn.Module, example: Example, prepare: Callable[[list[
     instruments out again; they run even when the forward raises (which propagates).
     """
     undo: list[Undo] = []
-    with restored_after(backbone):
+    with restored_after(backbone), hooks_set_aside(backbone):
         try:
             prepare(undo)
             backbone.eval()

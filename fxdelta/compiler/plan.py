@@ -31,7 +31,8 @@ from fxdelta.core.paths import parent_paths, relative
 from fxdelta.core.records import CallRecord
 from fxdelta.sites.base import Site
 from fxdelta.sites.carrier import InputCarrier
-from fxdelta.sites.graph import GraphSite
+from fxdelta.sites.graph import GraphSite, opaque_supported
+from fxdelta.sites.guard import RegionGuard
 from fxdelta.sites.hooks import HookSite
 
 S = TypeVar("S", bound=Site)
@@ -85,7 +86,9 @@ class Planner:
     ``installed`` sites are fxdelta's own: their forwards and hooks do not count as the user's
     (so a plan never depends on which deltas were attached before), and ``suspend`` takes them
     out while a new region is traced and checked against eager: both must see the bare backbone.
-    ``reuse(site)`` returns the already-built site with the same key, if there is one, else ``site``.
+    ``reuse(site)`` returns the already-built site with the same key, if there is one, else ``site``;
+    ``refresh()`` re-plans the live backbone, which the region guard calls when a module a region
+    traces through gains hooks or a forward.
     """
 
     def __init__(
@@ -97,6 +100,7 @@ class Planner:
         installed: Sequence[Site] = (),
         suspend: Callable[[], AbstractContextManager] = nullcontext,
         reuse: Callable[[Site], Site] = lambda site: site,
+        refresh: Callable[[], None] | None = None,
     ) -> None:
         self.backbone = backbone
         self.modules = dict(backbone.named_modules(remove_duplicate=False))
@@ -105,6 +109,7 @@ class Planner:
         self.cache = cache
         self.suspend = suspend
         self._reuse = reuse
+        self._refresh = refresh  # re-plans the backbone as it is now (for the region guard)
         self.our_forwards = {id(s.module) for s in installed if s.replaces_forward}
         self.our_hooks = {i for s in installed for i in s.hook_ids}
 
@@ -226,6 +231,9 @@ class Planner:
                     carrier = self.reuse(InputCarrier(self.backbone, e.source, self.modules[e.source], t))
                     mine[e.source] = carriers.setdefault(carrier.key, carrier)
             sites.append(self.reuse(HookSite(t, self.modules[t], by_target[t], mine)))
+        inlined = sorted({p for r in regions.values() for p in r.inline})
+        if inlined and self._refresh is not None:
+            sites.append(self.reuse(RegionGuard(self.backbone, [self.modules[p] for p in inlined], self._refresh)))
         return sites + list(carriers.values())
 
     @staticmethod
@@ -236,6 +244,7 @@ class Planner:
         record = self.records.get(target)
         return (
             target in self.hooks_needed
+            or not opaque_supported(self.modules[target])
             or any(e.hooks_only for e in entries)
             or record is None
             or not record.single_tensor

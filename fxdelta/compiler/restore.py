@@ -59,6 +59,27 @@ def _put_back(container: Any, contents: Any) -> None:
         container.update(contents)
 
 
+_HOOK_TABLES = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+
+
+@contextlib.contextmanager
+def hooks_set_aside(model: nn.Module) -> Iterator[None]:
+    """Run the body with no module hooks of the user's on ``model`` (fxdelta's own runs are not theirs
+    to see: a hook that logs or collects features must not get FakeTensors or random inputs)."""
+    saved = []
+    for m in model.modules():
+        for name in _HOOK_TABLES:
+            table = getattr(m, name, None)
+            if isinstance(table, dict) and table:
+                saved.append((table, dict(table)))
+                table.clear()
+    try:
+        yield
+    finally:
+        for table, contents in saved:
+            _put_back(table, contents)
+
+
 @contextlib.contextmanager
 def restored_after(model: nn.Module) -> Iterator[None]:
     """Run the body, then put ``model`` back as it was (see the module docstring)."""

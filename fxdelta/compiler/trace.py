@@ -19,6 +19,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from fxdelta.compiler.restore import hooks_set_aside
 from fxdelta.core.paths import relative
 from fxdelta.core.records import CallRecord
 
@@ -47,10 +48,14 @@ def trace_region(root: nn.Module, inline: Collection[nn.Module]) -> fx.GraphModu
     except Exception as e:  # tracing failure just means "not a region"
         logger.debug("fxdelta: %s does not trace: %s", type(root).__name__, e)
         return None
-    graph.owning_module = root  # type: ignore[assignment]  # DCE's purity checks look submodules up here
-    graph.eliminate_dead_code()
-    graph.owning_module = None
-    return fx.GraphModule(root, graph, class_name=type(root).__name__)
+    try:
+        graph.owning_module = root  # type: ignore[assignment]  # DCE's purity checks look submodules up here
+        graph.eliminate_dead_code()
+        graph.owning_module = None
+        return fx.GraphModule(root, graph, class_name=type(root).__name__)
+    except Exception as e:  # fx cannot write it as code (a default it cannot print, ...): not a region
+        logger.debug("fxdelta: %s traces but does not compile: %s", type(root).__name__, e)
+        return None
 
 
 def _call(fn: Callable[..., Any], record: CallRecord, inputs: list[torch.Tensor]) -> Any:
@@ -96,7 +101,7 @@ def validate_region(root: nn.Module, gm: fx.GraphModule, record: CallRecord) -> 
                 b.copy_(buffers[name])
 
     try:
-        with torch.no_grad(), torch.random.fork_rng(devices=cuda, device_type="cuda"):
+        with torch.no_grad(), torch.random.fork_rng(devices=cuda, device_type="cuda"), hooks_set_aside(root):
             inputs = [s.real() for s in specs if s is not None]
             for training in (True, False):
                 root.train(training)

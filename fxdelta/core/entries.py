@@ -17,7 +17,14 @@ SitePlanner = Callable[[nn.Module, Sequence["Entry"]], list[Any]]
 
 
 class DeltaContainer(nn.ModuleDict):
-    """The ``deltas`` child fxdelta adds to a patched module: one entry per attached delta."""
+    """The ``deltas`` child fxdelta adds to a patched module: one entry per attached delta.
+
+    Called, it is the identity: a patched module that runs all its children in turn (an
+    ``nn.Sequential``) runs this one last, and must compute what it computed before.
+    """
+
+    def forward(self, x: Any, *args: Any, **kwargs: Any) -> Any:
+        return x
 
 
 @dataclass(eq=False)

@@ -66,6 +66,7 @@ class DeltaModel:
             self.targets, self.sources, self.entries = built.targets, built.sources, built.entries
             self._state.handles.append(self)
             self._unfrozen: list[str] = []  # backbone parameters freeze_module() left trainable
+            self._trims_state_dict = False  # freeze_module(set_state_dict=True), in effect while attached
             self._state_dict_hook: Any = None
             self.attached = False
             if attach:
@@ -102,6 +103,7 @@ class DeltaModel:
             others = [e for e in self._state.active if e.name != self.name]
             apply(self._state, others + self.entries)
             self.attached = True
+            self._sync_state_dict_hook()
         return self
 
     def detach(self) -> DeltaModel:
@@ -109,7 +111,16 @@ class DeltaModel:
         if self.attached:
             apply(self._state, [e for e in self._state.active if e.name != self.name])
             self.attached = False
+            self._sync_state_dict_hook()  # the bare backbone's state_dict is whole again
         return self
+
+    def _sync_state_dict_hook(self) -> None:
+        wanted = self._trims_state_dict and self.attached
+        if wanted and self._state_dict_hook is None:
+            self._state_dict_hook = freeze.keep_trainable_in_state_dict(self.backbone)
+        elif not wanted and self._state_dict_hook is not None:
+            self._state_dict_hook.remove()
+            self._state_dict_hook = None
 
     def _match_backbone(self) -> None:
         """Follow what happened to the backbone while the delta was out (or before it existed):
@@ -170,15 +181,13 @@ class DeltaModel:
         ``exclude`` uses the module-selector grammar on module and parameter names: ``"deltas"``
         keeps every attached delta trainable, ``"layernorm_embedding"`` that module's parameters.
         With ``set_state_dict=True`` the backbone's ``state_dict()`` then holds only trainable
-        tensors. Backbone parameters left trainable are saved by ``save_finetuned``.
+        tensors, while this delta is attached. Backbone parameters left trainable are saved by
+        ``save_finetuned``.
         """
         patterns = self.config.unfrozen_modules if exclude is None else exclude
         self._unfrozen = freeze.freeze(self.backbone, patterns, backbone_module_names(self.backbone))
-        if self._state_dict_hook is not None:
-            self._state_dict_hook.remove()
-            self._state_dict_hook = None
-        if set_state_dict:
-            self._state_dict_hook = freeze.keep_trainable_in_state_dict(self.backbone)
+        self._trims_state_dict = set_state_dict
+        self._sync_state_dict_hook()
         return self
 
     def log(self, *, file: Any = None) -> None:

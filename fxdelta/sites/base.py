@@ -30,6 +30,7 @@ class SiteKind(enum.Enum):
     PREFIX_STACK = "prefix stack"  # the cache view and mask of a causal stack (sites/prefix.py)
     PREFIX_REFRESH = "prefix refresh"  # recomputes reparameterized prefixes per forward (sites/prefix.py)
     SOFT_PROMPT = "soft prompt"  # embeddings in front of the input's (sites/prompt.py)
+    REGION_GUARD = "region guard"  # re-plans when a traced-through module gains hooks (sites/guard.py)
 
 
 class Site(Protocol):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
@@ -46,6 +47,44 @@ class _Original(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self._label}.forward"
+
+
+class _Forwarder:
+    """The backbone's forward while a region graph is installed on the backbone itself.
+
+    A re-plan can start from the backbone's own pre-hooks (``fxdelta.sites.guard``), after torch has
+    picked the forward to run: this one then runs whatever the backbone's forward is now.
+    """
+
+    def __init__(self, module: nn.Module, gm: fx.GraphModule) -> None:
+        self.module, self.gm = module, gm
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        current = self.module.__dict__.get("forward")
+        if current is self:
+            return self.gm.forward(*args, **kwargs)
+        if current is None:
+            return type(self.module).forward(self.module, *args, **kwargs)
+        return current(*args, **kwargs)
+
+
+_LITERALS = (type(None), bool, int, str)
+
+
+def opaque_supported(module: nn.Module) -> bool:
+    """Whether fx can write ``module``'s forward signature as code: named parameters whose defaults
+    are literals (not a function, a tensor, ``inf``), no ``*args``/``**kwargs``."""
+    try:
+        params = inspect.signature(module.forward).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    for p in params:
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            return False
+        d = p.default
+        if not (d is p.empty or type(d) in _LITERALS or (type(d) is float and math.isfinite(d))):
+            return False
+    return True
 
 
 def opaque_graph(module: nn.Module) -> fx.Graph:
@@ -82,6 +121,7 @@ class GraphSite:
         self.entries = list(entries)
         self.gm: fx.GraphModule | None = None
         self._saved_forward: tuple[Any, ...] = ()  # (forward,) if the module had an instance forward
+        self._forward: Any = None  # what install() put on the module
         self._installed = False
         self._built_over: Any = None
 
@@ -173,14 +213,15 @@ class GraphSite:
             self._built_over = current  # the opaque node calls the forward found at build time
             self.gm = self.build()
         self._saved_forward = (self.module.__dict__["forward"],) if "forward" in self.module.__dict__ else ()
-        self.module.forward = self.gm.forward
+        self._forward = _Forwarder(self.module, self.gm) if not self.path else self.gm.forward
+        self.module.forward = self._forward
         self._installed = True
 
     def uninstall(self) -> None:
         if not self._installed:
             return
-        # Compare the bound object, not the function: a deepcopy rebinds the same code to the copy.
-        if getattr(self.module.__dict__.get("forward"), "__self__", None) is not self.gm:
+        # The very object install() put there (a deepcopy copies it once, for the module and for us).
+        if self.module.__dict__.get("forward") is not self._forward:
             raise StateError(
                 f"the forward of {self.path or 'the backbone'} was replaced by something else after fxdelta "
                 f"patched it; undo that change first (detach in the reverse order of patching)"
