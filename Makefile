@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_PIN := torch==2.13.0
 TRANSFORMERS_PIN := transformers==5.23.0
 # The oldest and newest transformers of the supported window (pyproject.toml), each tested in its own venv.
-WINDOW := 5.10.4 5.24.0
+WINDOW := 5.9.0 5.24.0
 STAMP := $(VENV)/.installed
 SOURCES := pyproject.toml Makefile $(wildcard fxdelta/*.py fxdelta/*/*.py passes/*.py)
 

@@ -26,6 +26,7 @@ from fxdelta import (
     SoftPromptModel,
 )
 
+from snapshot import gate_hook_ids
 from zoo import METHOD_KWARGS, TORCH_TARGETS, ZOO, ZooModel
 
 METHODS: dict[str, type[DeltaModel]] = {
@@ -103,10 +104,14 @@ def perturb(params: Any, seed: int = 0, scale: float = NOISE) -> None:
 
 
 def _hook_counts(module: nn.Module) -> tuple[tuple[str, int], ...]:
-    """Sizes of every hook dict of a module (forward, pre, backward, state_dict, load ...)."""
+    """Sizes of every hook dict of a module (forward, pre, backward, state_dict, load ...), without the
+    thread gate's two (on a backbone from its first delta model on, by design)."""
+    gate = gate_hook_ids(module)
     return tuple(
         sorted(
-            (k, len(v)) for k, v in vars(module).items() if k.startswith("_") and "hooks" in k and isinstance(v, dict)
+            (k, len(set(v) - gate))
+            for k, v in vars(module).items()
+            if k.startswith("_") and "hooks" in k and isinstance(v, dict)
         )
     )
 

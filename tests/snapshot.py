@@ -6,7 +6,18 @@ from typing import Any
 import torch
 from torch import nn
 
+from fxdelta.compiler.gate import Gate
 from fxdelta.compiler.state import BackboneState
+
+
+def gate_hook_ids(module: nn.Module) -> set[int]:
+    """The hooks of fxdelta's thread gate: on a backbone from its first delta model on, by design."""
+    tables = (module._forward_hooks, module._forward_pre_hooks)
+    return {i for t in tables for i, h in t.items() if isinstance(getattr(h, "__self__", None), Gate)}
+
+
+def _user_hooks(table: dict, gate: set[int]) -> list:
+    return [i for i in table if i not in gate]
 
 
 @dataclass
@@ -29,8 +40,19 @@ def snapshot(model: nn.Module, inputs: Any) -> Snapshot:
     return Snapshot(
         tensors={k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()},
         requires_grad={n: p.requires_grad for n, p in model.named_parameters()},
-        hooks={n: (list(m._forward_hooks), list(m._forward_pre_hooks)) for n, m in modules},
-        hook_fns={n: (list(m._forward_hooks.values()), list(m._forward_pre_hooks.values())) for n, m in modules},
+        hooks={
+            n: (_user_hooks(m._forward_hooks, g), _user_hooks(m._forward_pre_hooks, g))
+            for n, m in modules
+            for g in [gate_hook_ids(m)]
+        },
+        hook_fns={
+            n: (
+                [m._forward_hooks[i] for i in _user_hooks(m._forward_hooks, g)],
+                [m._forward_pre_hooks[i] for i in _user_hooks(m._forward_pre_hooks, g)],
+            )
+            for n, m in modules
+            for g in [gate_hook_ids(m)]
+        },
         forwards={n for n, m in modules if "forward" in m.__dict__},
         classes={n: type(m) for n, m in modules},
         names=[n for n, _ in modules],

@@ -188,3 +188,26 @@ def test_a_wrapped_forward_compiles():
         handle.detach()
         assert torch.equal(model(x), base)
     assert model.head.forward is wrapper
+
+
+def test_deltas_on_a_sequential_and_inside_it_detach_in_any_order():
+    """A region traced on a Sequential must not see the deltas child of an earlier plan (found by the fuzz)."""
+    torch.manual_seed(0)
+    model = WithBlock().eval()
+    x = torch.randn(2, 8)
+    with torch.no_grad():
+        base = model(x)
+    fxdelta.compile(
+        model,
+        [
+            {"delta_type": "parallel_adapter", "modified_modules": ["block", "block"]},
+            {"delta_type": "parallel_adapter", "modified_modules": ["block.0", "block.0"]},
+        ],
+    )
+    outer, inner = fxdelta.delta_models(model).values()
+    outer.detach()
+    inner.detach()
+    with torch.no_grad():
+        assert torch.equal(model(x), base)
+    inner.attach()
+    outer.attach()

@@ -38,12 +38,13 @@ def test_attach_detach_cycles_leave_memory_and_fx_caches_flat():
     for _ in range(100):  # warm-up: every plan state has been built once
         lora.detach().attach()
     gc.collect()
-    sources, lines, rss = *caches(), rss_kb()
+    sources, lines, rss, objects = *caches(), rss_kb(), len(gc.get_objects())
     for _ in range(CYCLES):
         lora.detach().attach()
     gc.collect()
     assert caches() == (sources, lines)  # no new generated code: the built sites are reused
     assert rss_kb() - rss < 4096  # KiB over 10,000 cycles (it grew ~7 KiB per cycle before the reuse)
+    assert len(gc.get_objects()) - objects < 200  # Python objects: nothing piles up per cycle
     with torch.no_grad():
         assert torch.equal(zm.run(model, x), expected)
 
@@ -80,3 +81,35 @@ def test_validation_leaves_every_random_generator_as_it_was():
     assert {s.kind for s in BackboneState.find(model).sites} == {SiteKind.TRACED_REGION}
     assert torch.equal(torch.random.get_rng_state(), cpu)
     assert torch.cuda._lazy_seed_tracker.get_calls() == pending_cuda  # no CUDA generator reseeded
+
+
+def test_soak_of_random_attach_detach_over_several_deltas_keeps_memory_flat():
+    import random
+
+    zm = ZOO["gpt2"]
+    model, x = zm.build(), zm.inputs()
+    handles = [
+        fxdelta.LoraModel(model),
+        fxdelta.AdapterModel(model),
+        fxdelta.BitFitModel(model, modified_modules=["mlp.c_fc"]),
+        fxdelta.SoftPromptModel(model, soft_token_num=2),
+    ]
+    rng = random.Random(0)
+
+    def steps(n):
+        for _ in range(n):
+            h = rng.choice(handles)
+            h.detach() if h.attached else h.attach()
+
+    steps(300)  # every combination has been built
+    gc.collect()
+    sources, rss, objects = len(_loader.eval_cache), rss_kb(), len(gc.get_objects())
+    steps(3000)
+    gc.collect()
+    assert len(_loader.eval_cache) == sources
+    assert rss_kb() - rss < 4096
+    assert len(gc.get_objects()) - objects < 200
+    for h in handles:
+        h.attach()
+    with torch.no_grad():
+        zm.run(model, x)

@@ -90,7 +90,7 @@ def _hf_example(backbone: nn.Module, config: Any) -> Example:
 
 
 def _torch_example(backbone: nn.Module) -> Example:
-    """Guess an input from the first layer that holds parameters (Linear, Conv, Embedding, MHA)."""
+    """Guess an input from the first layer that holds parameters (Linear, Conv, Embedding, MHA, LayerNorm)."""
     device = _device_of(backbone)
     for module in backbone.modules():
         if isinstance(module, nn.Linear):
@@ -103,6 +103,8 @@ def _torch_example(backbone: nn.Module) -> Example:
             return Example(args=(torch.zeros(2, _SEQ_LEN, dtype=torch.long, device=device),))
         if isinstance(module, nn.MultiheadAttention):
             return Example(args=(torch.zeros(2, _SEQ_LEN, module.embed_dim, device=device),))
+        if isinstance(module, nn.LayerNorm):
+            return Example(args=(torch.zeros(2, *module.normalized_shape, device=device),))
         if any(True for _ in module.parameters(recurse=False)):
             break
     raise UnsupportedModelError(

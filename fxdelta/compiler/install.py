@@ -20,7 +20,18 @@ from fxdelta.sites.base import Site
 
 
 def apply(state: BackboneState, entries: Iterable[Entry]) -> None:
-    """Make exactly ``entries`` attached on ``state.backbone``, touching only the sites that change."""
+    """Make exactly ``entries`` attached on ``state.backbone``, touching only the sites that change.
+
+    Waits for the backbone's running forwards, and holds new ones back, while it changes anything.
+    """
+    with state.gate.changing():
+        try:
+            _apply(state, entries)
+        finally:
+            state.gate.keep_outermost(state.backbone)
+
+
+def _apply(state: BackboneState, entries: Iterable[Entry]) -> None:
     new_entries = sorted(entries, key=lambda e: e.order)
     old_entries = state.active
     planner = Planner(
@@ -32,6 +43,7 @@ def apply(state: BackboneState, entries: Iterable[Entry]) -> None:
         state.suspended,
         state.reuse,
         refresh=_Replan(state),
+        gate=state.gate,
     )
     planned = planner.plan(new_entries)
     current = {s.key: s for s in state.sites}
@@ -85,6 +97,7 @@ def register(modules: Mapping[str, nn.Module], old: list[Entry], new: list[Entry
             continue
         if container is None:
             container = DeltaContainer()
+            container.train(module.training)  # the deltas' own modes are matched on attach
             module.add_module(DELTA_NAMESPACE, container)
         # In place: installed graphs hold this very container.
         container._modules.clear()

@@ -32,7 +32,7 @@ from fxdelta.core.records import CallRecord
 from fxdelta.sites.base import Site
 from fxdelta.sites.carrier import InputCarrier
 from fxdelta.sites.graph import GraphSite, opaque_supported
-from fxdelta.sites.guard import RegionGuard
+from fxdelta.sites.guard import Checks, RegionGuard
 from fxdelta.sites.hooks import HookSite
 
 S = TypeVar("S", bound=Site)
@@ -101,6 +101,7 @@ class Planner:
         suspend: Callable[[], AbstractContextManager] = nullcontext,
         reuse: Callable[[Site], Site] = lambda site: site,
         refresh: Callable[[], None] | None = None,
+        gate: Checks | None = None,
     ) -> None:
         self.backbone = backbone
         self.modules = dict(backbone.named_modules(remove_duplicate=False))
@@ -110,6 +111,7 @@ class Planner:
         self.suspend = suspend
         self._reuse = reuse
         self._refresh = refresh  # re-plans the backbone as it is now (for the region guard)
+        self._gate = gate  # where the region guard runs its check, before each forward
         self.our_forwards = {id(s.module) for s in installed if s.replaces_forward}
         self.our_hooks = {i for s in installed for i in s.hook_ids}
 
@@ -232,8 +234,9 @@ class Planner:
                     mine[e.source] = carriers.setdefault(carrier.key, carrier)
             sites.append(self.reuse(HookSite(t, self.modules[t], by_target[t], mine)))
         inlined = sorted({p for r in regions.values() for p in r.inline})
-        if inlined and self._refresh is not None:
-            sites.append(self.reuse(RegionGuard(self.backbone, [self.modules[p] for p in inlined], self._refresh)))
+        if inlined and self._refresh is not None and self._gate is not None:
+            guard = RegionGuard(self.backbone, [self.modules[p] for p in inlined], self._refresh, self._gate)
+            sites.append(self.reuse(guard))
         return sites + list(carriers.values())
 
     @staticmethod

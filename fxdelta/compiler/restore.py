@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from fxdelta.compiler.gate import Gate
+
 _DEPTH = 3  # attribute -> container -> container: deeper state is not written by forwards in practice
 _OPAQUE = (
     torch.Tensor, nn.Module, type, types.FunctionType, types.MethodType, types.BuiltinFunctionType,
@@ -72,7 +74,9 @@ def hooks_set_aside(model: nn.Module) -> Iterator[None]:
             table = getattr(m, name, None)
             if isinstance(table, dict) and table:
                 saved.append((table, dict(table)))
-                table.clear()
+                for hook_id, hook in list(table.items()):
+                    if not isinstance(getattr(hook, "__self__", None), Gate):  # threads still wait at the gate
+                        del table[hook_id]
     try:
         yield
     finally:

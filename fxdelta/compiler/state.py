@@ -16,9 +16,10 @@ from typing import Any
 from torch import nn
 
 from fxdelta.compiler.examples import Example
+from fxdelta.compiler.gate import Gate
 from fxdelta.compiler.observe import observe
 from fxdelta.compiler.trace import TraceCache
-from fxdelta.core.entries import Entry
+from fxdelta.core.entries import DELTA_NAMESPACE, Entry
 from fxdelta.core.handles import DeltaHandle
 from fxdelta.core.paths import parent_paths
 from fxdelta.core.records import CallRecord
@@ -55,6 +56,8 @@ class BackboneState:
         self.traces = TraceCache()
         self.built: OrderedDict[tuple, Site] = OrderedDict()  # by key, least recently planned first
         self._serial = itertools.count()
+        self.gate = Gate()  # counts the backbone's forwards for as long as it has delta models
+        self.gate.watch(backbone)
 
     def __getstate__(self) -> dict[str, Any]:
         # A deep copy's entries are new objects: built sites are keyed by the originals' ids.
@@ -79,6 +82,7 @@ class BackboneState:
         for key in [k for k, s in self.built.items() if id(s) not in installed]:
             del self.built[key]
         if not self.handles and not self.active and self.find(self.backbone) is self:
+            self.gate.unwatch()
             del self.backbone.__dict__[STATE_ATTR]
 
     # -- observation ------------------------------------------------------------------------------
@@ -111,14 +115,32 @@ class BackboneState:
 
     @contextmanager
     def suspended(self) -> Iterator[None]:
-        """Take the installed sites out for a moment, so the backbone runs as it was."""
-        for site in reversed(self.sites):
-            site.uninstall()
-        try:
-            yield
-        finally:
-            for site in self.sites:
-                site.install()
+        """Take the installed sites out for a moment, so the backbone runs as it was (no forward of
+        another thread sees that moment: it waits at the gate)."""
+        with self.gate.changing():
+            for site in reversed(self.sites):
+                site.uninstall()
+            children = self._take_out_deltas()  # a module that runs all its children would run them
+            try:
+                yield
+            finally:
+                for module, kept in children:
+                    module._modules.clear()
+                    module._modules.update(kept)
+                for site in self.sites:
+                    site.install()
+                self.gate.keep_outermost(self.backbone)
+
+    def _take_out_deltas(self) -> list[tuple[nn.Module, dict[str, nn.Module]]]:
+        """Remove the ``deltas`` containers; returns each module's children as they were, in order."""
+        modules = dict(self.backbone.named_modules())
+        out = []
+        for path in dict.fromkeys(e.target for e in self.active):
+            module = modules[path]
+            if DELTA_NAMESPACE in module._modules:
+                out.append((module, dict(module._modules)))
+                del module._modules[DELTA_NAMESPACE]
+        return out
 
     # -- built sites ------------------------------------------------------------------------------
     def reuse(self, site: Site) -> Site:

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar, cast
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import nn
 
+from fxdelta.core.per_thread import PerThread
 from fxdelta.core.routes import Route
 from fxdelta.methods.prefix_probe import probe_attention
 from fxdelta.sites.prefix import plan_prefix
@@ -56,8 +57,8 @@ class PrefixEncoder(nn.Module):
             nn.Linear(config.embed_dim, config.mid_dim, **kw), nn.Tanh(), nn.Linear(config.mid_dim, sum(widths), **kw)
         )
         self.widths = widths
-        self._cached: list[torch.Tensor] | None = None
-        self._cached_for: tuple = ()
+        # Per thread: (the slices, what they were computed for); threads running one model share none.
+        self._cache: PerThread[list[Any]] = PerThread(lambda: [None, ()])
 
     def slices(self) -> list[torch.Tensor]:
         """Every layer's (P, heads * (head_dim + v_dim)) block, computed once per backbone forward.
@@ -67,13 +68,17 @@ class PrefixEncoder(nn.Module):
         start of each backbone forward (so two forwards before one optimizer step get two graphs).
         """
         state = (torch.is_grad_enabled(), tuple(p._version for p in self.parameters()))
-        if self._cached is None or state != self._cached_for:
+        cache = self._cache.get()
+        slices, computed_for = cache
+        if slices is None or state != computed_for:
             out = self.mlp(self.embedding.weight)  # (P, sum widths)
-            self._cached, self._cached_for = list(out.split(self.widths, dim=-1)), state
-        return self._cached
+            slices = list(out.split(self.widths, dim=-1))
+            cache[:] = [slices, state]
+        return slices
 
     def reset(self) -> None:
-        self._cached = None
+        """Recompute at the next use (the start of this thread's next backbone forward)."""
+        self._cache.get()[0] = None
 
 
 class PrefixDelta(nn.Module):

@@ -19,6 +19,7 @@ from torch import nn
 
 from fxdelta.core.calls import first_param_name, hidden_slot
 from fxdelta.core.errors import StateError
+from fxdelta.core.per_thread import PerThread
 from fxdelta.sites.base import HookedSite, SiteKind
 
 
@@ -32,7 +33,7 @@ class InputCarrier(HookedSite):
         self.backbone = backbone
         self.target_path = target_path
         self._first_param = first_param_name(source)
-        self._stack: list[torch.Tensor] = []
+        self._stacks: PerThread[list[torch.Tensor]] = PerThread(list)  # threads share the model, not calls
 
     @property
     def key(self) -> tuple:
@@ -40,12 +41,13 @@ class InputCarrier(HookedSite):
 
     def pop(self) -> torch.Tensor:
         """The input of the source's latest call that no target call has taken yet."""
-        if not self._stack:
+        stack = self._stacks.get()
+        if not stack:
             raise StateError(
                 f"fxdelta: {self.target_path} ran without a call of {self.path} before it, so its pair delta has "
                 f"no input (is {self.target_path} called on its own, or before {self.path}?)"
             )
-        return self._stack.pop()
+        return stack.pop()
 
     def _push(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         slot = hidden_slot(args, kwargs, self._first_param)
@@ -53,10 +55,10 @@ class InputCarrier(HookedSite):
             raise StateError(
                 f"fxdelta: {self.path} was called without a hidden-state tensor for the pair delta to read"
             )
-        self._stack.append(args[slot] if isinstance(slot, int) else kwargs[slot])
+        self._stacks.get().append(args[slot] if isinstance(slot, int) else kwargs[slot])
 
     def _reset(self, module: nn.Module, args: tuple) -> None:
-        self._stack.clear()
+        self._stacks.get().clear()  # this thread's: another may be in the middle of its forward
 
     def _register(self) -> list[Any]:
         return [
@@ -65,7 +67,7 @@ class InputCarrier(HookedSite):
         ]
 
     def _cleared(self) -> None:
-        self._stack.clear()
+        self._stacks = PerThread(list)
 
     def describe(self) -> str:
         return f"input carrier: the input of {self.path}, for the pair deltas on {self.target_path}"

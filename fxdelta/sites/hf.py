@@ -15,7 +15,7 @@ Also here: what moved between releases, found by role rather than by name or ver
 argument and the output field holding it, whether an attention is causal, the attention-function
 registry), and ``is_layer``, transformers' class for one repeated layer of a stack.
 
-Covers transformers 5.10 to 5.24 (CI runs 5.10.4, the pinned 5.23.0 and 5.24.0). Imported lazily
+Covers transformers 5.9 to 5.24 (CI runs 5.9.0, the pinned 5.23.0 and 5.24.0). Imported lazily
 (it subclasses transformers' ``Cache``): ``import fxdelta`` stays light.
 """
 

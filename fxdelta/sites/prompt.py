@@ -29,6 +29,7 @@ from torch import nn
 from fxdelta.core.calls import by_name
 from fxdelta.core.entries import Entry
 from fxdelta.core.errors import FxDeltaError
+from fxdelta.core.per_thread import PerThread
 from fxdelta.sites.base import HookedSite, SiteKind, entry_ids
 
 
@@ -71,7 +72,8 @@ class SoftPromptSite(HookedSite):
         self.deltas = [cast(PromptDelta, e.delta) for e in self.entries]
         self.length = sum(d.length for d in self.deltas)
         self._signature = inspect.signature(self.module.forward)
-        self._pushed: list[tuple[int, bool]] = []  # (N prepended, caller wanted a tuple) per call: LIFO
+        # (N prepended, caller wanted a tuple) per call, last in first out; each thread has its own
+        self._calls: PerThread[list[tuple[int, bool]]] = PerThread(list)
 
     @property
     def key(self) -> tuple:
@@ -130,7 +132,7 @@ class SoftPromptSite(HookedSite):
                 kw["position_ids"] = embeddings.create_position_ids_from_input_ids(
                     torch.cat([real, ids], dim=1), site.position_origin - 1
                 )
-            self._pushed.append((n, wants_tuple))
+            self._calls.get().append((n, wants_tuple))
         else:  # the cache holds the soft tokens already; callers count real tokens
             if mask is not None:
                 if mask.shape[-1] != past + new - n:
@@ -140,11 +142,12 @@ class SoftPromptSite(HookedSite):
                 raise _sliced(int(positions[..., -1].max()) + 1, past, new, n)
             if positions is not None:
                 kw["position_ids"] = positions + n
-            self._pushed.append((0, wants_tuple))
+            self._calls.get().append((0, wants_tuple))
         return (), kw
 
     def _hook(self, module: nn.Module, args: tuple, kwargs: dict, out: Any):
-        n, wants_tuple = self._pushed.pop() if self._pushed else (0, False)
+        calls = self._calls.get()
+        n, wants_tuple = calls.pop() if calls else (0, False)
         if n and self.site.strip:
             out.last_hidden_state = out.last_hidden_state[:, n:]
             if getattr(out, "hidden_states", None) is not None:
@@ -154,7 +157,8 @@ class SoftPromptSite(HookedSite):
         return out.to_tuple() if wants_tuple else out
 
     def _pooler_pre_hook(self, module: nn.Module, args: tuple):
-        n = self._pushed[-1][0] if self._pushed else 0
+        calls = self._calls.get()
+        n = calls[-1][0] if calls else 0
         return (args[0][:, n:], *args[1:]) if n else None
 
     def _decoder_pre_hook(self, module: nn.Module, args: tuple, kwargs: dict):
@@ -170,7 +174,7 @@ class SoftPromptSite(HookedSite):
         return (), kw
 
     def _reset(self, module: nn.Module, args: tuple) -> None:
-        self._pushed.clear()  # a forward that raised may have left an entry
+        self._calls.get().clear()  # a forward of this thread that raised may have left an entry
 
     def _register(self) -> list[Any]:
         # First among pre-hooks: prefix tuning's stack hook must see [soft; real] and the caller's counts.
@@ -191,7 +195,7 @@ class SoftPromptSite(HookedSite):
         return handles
 
     def _cleared(self) -> None:
-        self._pushed.clear()
+        self._calls = PerThread(list)
 
     def describe(self) -> str:
         return (
