@@ -84,7 +84,7 @@ def save(backbone: nn.Module, directory: str | os.PathLike) -> None:
 
 def load(backbone: nn.Module, directory: str | os.PathLike, **options: Any) -> nn.Module:
     """Attach every delta saved in ``directory`` to ``backbone`` (all or none) and return it."""
-    load_deltas(directory, backbone, **options)
+    load_deltas(directory, backbone, model_class_for, **options)
     return backbone
 
 

@@ -159,3 +159,20 @@ def test_parameter_counts_follow_the_formula(method):
     if "merged" in method:
         handle.merge()
     assert handle.num_parameters() == formula(method, d, layers, ff)
+
+
+def test_default_positions_follow_opendelta_self_attention_and_final_norms():
+    """T5's LoRA defaults are the self-attention q/v only (no EncDecAttention), as in OpenDelta; BitFit's
+    include every stack's final norm (T5's final_layer_norm, GPT-2's ln_f)."""
+    from zoo import ZOO
+
+    t5 = ZOO["t5"].build()
+    lora = fxdelta.LoraModel(t5)
+    assert lora.targets == [
+        f"{stack}.block.{i}.layer.0.SelfAttention.{m}"
+        for stack in ("encoder", "decoder")
+        for i in range(2)
+        for m in ("q", "v")
+    ]
+    assert {"encoder.final_layer_norm", "decoder.final_layer_norm"} <= set(fxdelta.BitFitModel(t5).targets)
+    assert "transformer.ln_f" in fxdelta.BitFitModel(ZOO["gpt2"].build()).targets

@@ -5,20 +5,23 @@ from torch import nn
 
 from fxdelta.core.errors import UnsupportedModelError
 from fxdelta.spec.method import is_linear_like
-from fxdelta.spec.selectors import select
-from fxdelta.spec.structure import COMMON_STRUCTURE, default_selectors
+from fxdelta.spec.selectors import compile_pattern, select
+from fxdelta.spec.structure import COMMON_STRUCTURE, common_selectors, default_selectors
 
 from zoo import HF_FAMILIES, ZOO
 
 POSITIONS = ["attn.q", "attn.k", "attn.v", "attn.o", "ff.w1", "ff.w2", "layer_norm", "attn", "ff", "ff.in", "ff.act"]
+CROSS = ["crossattn.q", "crossattn.k", "crossattn.v", "crossattn.o", "crossattn"]
+ENCODER_DECODERS = ("t5", "bart")
 LAYERS = 2  # every zoo model has 2 layers (per stack)
 
 
 def expected_count(family: str, position: str) -> int | None:
     """How many modules a position names on the tiny zoo models."""
-    if position.startswith("attn"):
-        # encoder self-attention + decoder self- and cross-attention for encoder-decoders
-        return LAYERS * (3 if family in ("t5", "bart") else 1)
+    if position.startswith("attn"):  # self-attention: the encoder's and (encoder-decoders) the decoder's
+        return LAYERS * (2 if family in ENCODER_DECODERS else 1)
+    if position.startswith("crossattn"):
+        return LAYERS
     if position.startswith("ff"):
         stacks = 2 if family in ("t5", "bart") else 1
         gated = 2 if position == "ff.w1" and family in ("llama", "qwen2", "qwen3") else 1  # gate_proj + up_proj
@@ -62,3 +65,31 @@ def test_position_resolves(family, position):
 def test_unknown_family_asks_for_modified_modules():
     with pytest.raises(UnsupportedModelError, match="modified_modules"):
         default_selectors(nn.Sequential(nn.Linear(2, 2)), ["attn.q"], "lora")
+
+
+@pytest.mark.parametrize("family", ENCODER_DECODERS)
+@pytest.mark.parametrize("position", CROSS)
+def test_cross_attention_positions_resolve(family, position):
+    model = ZOO[family].build()
+    modules = dict(model.named_modules())
+    targets = select(list(modules), default_selectors(model, [position], "test"))
+    assert len(targets) == LAYERS and all(("EncDecAttention" in t) or ("encoder_attn" in t) for t in targets)
+
+
+@pytest.mark.parametrize(
+    "family, finals",
+    [("t5", 2), ("gpt2", 1), ("opt", 1), ("llama", 1), ("qwen2", 1), ("qwen3", 1), ("vit", 1), ("bert", 0)],
+)
+def test_final_layer_norm_is_each_stacks_last(family, finals):
+    model = ZOO[family].build()
+    names = list(dict(model.named_modules()))
+    selectors = default_selectors(model, ["final_layer_norm"], "test")
+    found = {n for s in selectors for n in names if n and compile_pattern(s)(n)}
+    assert len(found) == finals, found
+
+
+def test_opendelta_spellings_of_common_names():
+    model = ZOO["bert"].build()
+    assert common_selectors(model, "attn@.proj@") == common_selectors(model, "attn.o")
+    assert common_selectors(model, "attn@.q@") == common_selectors(model, "attn.q")
+    assert common_selectors(model, "nosuchname") is None

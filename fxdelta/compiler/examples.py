@@ -1,8 +1,9 @@
 """Example inputs: what fxdelta feeds the backbone (as FakeTensors) to learn shapes and call patterns.
 
 Users may pass their own (a tensor, a tuple of positional arguments, or a dict of keyword
-arguments). Otherwise one is generated: from the config of a Hugging Face model, or from the
-first parameterised layer of a plain torch model. Tensors are tiny; they are converted to
+arguments). Otherwise one is generated: from the config of a Hugging Face model; for a module that
+wraps such models (and may have no forward of its own), one for each outermost of them, run on its
+own; else from the first parameterised layer of a plain torch model. Tensors are tiny; they are converted to
 FakeTensors before the backbone sees them, so no real compute happens.
 """
 
@@ -22,10 +23,18 @@ _SEQ_LEN = 8
 
 @dataclass(frozen=True)
 class Example:
-    """Positional and keyword arguments for one call of the backbone."""
+    """Positional and keyword arguments for one call of the backbone, or, for a backbone that wraps
+    transformers models (``parts``), one call of each of them on its own example."""
 
     args: tuple[Any, ...] = ()
     kwargs: dict[str, Any] = field(default_factory=dict)
+    parts: tuple[tuple[str, Example], ...] = ()  # (path of an inner model, its example)
+
+    def calls(self, backbone: nn.Module) -> list[tuple[nn.Module, Example]]:
+        """The (module, example) calls that observe ``backbone``."""
+        if not self.parts:
+            return [(backbone, self)]
+        return [(backbone.get_submodule(path), part) for path, part in self.parts]
 
     @classmethod
     def coerce(cls, value: Any) -> Example:
@@ -44,13 +53,31 @@ class Example:
 
 
 def example_for(backbone: nn.Module, given: Any = None) -> Example:
-    """The example to observe ``backbone`` with: ``given`` if set, else a generated one."""
+    """The example to observe ``backbone`` with: ``given`` if set, else the backbone's own
+    ``dummy_inputs`` attribute (OpenDelta's way to pass one), else a generated one."""
     if given is not None:
         return Example.coerce(given)
-    config = getattr(backbone, "config", None)
-    if config is not None and hasattr(config, "model_type"):
-        return _hf_example(backbone, config)
+    dummy = backbone.__dict__.get("dummy_inputs", getattr(type(backbone), "dummy_inputs", None))
+    if dummy is not None and not isinstance(dummy, property):  # transformers' own property: its dummies
+        return Example.coerce(dummy)
+    if _is_hf_model(backbone):
+        return _hf_example(backbone, backbone.config)
+    inner = _outermost_hf_models(backbone)
+    if inner:  # a user's wrapper (or a container without a forward): each model on its own example
+        return Example(parts=tuple((path, example_for(m)) for path, m in inner))
     return _torch_example(backbone)
+
+
+def _is_hf_model(module: nn.Module) -> bool:
+    return hasattr(getattr(module, "config", None), "model_type")
+
+
+def _outermost_hf_models(backbone: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
+    found = []
+    for name, child in backbone.named_children():
+        path = f"{prefix}{name}"
+        found += [(path, child)] if _is_hf_model(child) else _outermost_hf_models(child, f"{path}.")
+    return found
 
 
 def _device_of(backbone: nn.Module) -> torch.device:

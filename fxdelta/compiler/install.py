@@ -9,7 +9,7 @@ leaves a half-patched backbone.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 from torch import nn
 
@@ -102,3 +102,18 @@ def register(modules: Mapping[str, nn.Module], old: list[Entry], new: list[Entry
         # In place: installed graphs hold this very container.
         container._modules.clear()
         container._modules.update(wanted)
+
+
+def match_backbone(backbone: nn.Module, entries: Sequence[Entry]) -> None:
+    """Make deltas about to be attached follow what happened to the backbone while they were out (or
+    before they existed): ``.to(device/dtype)`` calls and the train/eval mode."""
+    modules = dict(backbone.named_modules())
+    for e in entries:
+        target = modules[e.target]
+        own = (
+            p for n, p in target.named_parameters() if p.is_floating_point() and not n.startswith(f"{DELTA_NAMESPACE}.")
+        )
+        ref = next(own, None)
+        if ref is not None:
+            e.delta.to(device=ref.device, dtype=ref.dtype)
+        e.delta.train(target.training)

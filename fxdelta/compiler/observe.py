@@ -52,7 +52,8 @@ def run_on_fakes(backbone: nn.Module, example: Example, prepare: Callable[[list[
             prepare(undo)
             backbone.eval()
             with FakeTensorMode(allow_non_fake_inputs=True) as mode, torch.no_grad():
-                backbone(*as_fake(example.args, mode), **as_fake(example.kwargs, mode))
+                for module, call in example.calls(backbone):
+                    module(*as_fake(call.args, mode), **as_fake(call.kwargs, mode))
         finally:
             for u in reversed(undo):
                 u()

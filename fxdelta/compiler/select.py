@@ -17,8 +17,8 @@ from fxdelta.core.errors import ConfigError, SelectorError
 from fxdelta.core.paths import backbone_module_names, parent_paths
 from fxdelta.spec.config import DeltaConfig
 from fxdelta.spec.method import Method
-from fxdelta.spec.selectors import select
-from fxdelta.spec.structure import default_selectors
+from fxdelta.spec.selectors import compile_pattern, select
+from fxdelta.spec.structure import common_selectors, default_selectors
 
 Pair = tuple[str | None, str]  # (source or None, target)
 
@@ -26,15 +26,16 @@ Pair = tuple[str | None, str]  # (source or None, target)
 def select_targets(backbone: nn.Module, method: Method, config: DeltaConfig) -> list[Pair]:
     """``(source, target)`` for every module the delta patches; ``source`` is None unless it differs."""
     names = backbone_module_names(backbone)
-    exclude = config.exclude_modules
+    pick = _Picker(backbone, names, config)
     if method.locate is not None:
-        return [(None, _located(backbone, method.locate, config, names))]
+        return [(None, _located(backbone, method.locate, config, pick))]
     if method.pairs:
-        pairs = [_pair(names, s, t, exclude) for s, t in _selector_pairs(backbone, method, config)]
+        pairs = [_pair(pick, s, t) for s, t in _selector_pairs(backbone, method, config)]
         chosen = [(None if s == t else s, t) for group in pairs for s, t in group]
+    elif config.modified_modules is not None:
+        chosen = [(None, t) for t in pick(config.modified_modules)]
     else:
-        selectors = config.modified_modules or default_selectors(backbone, method.default_positions, config.delta_type)
-        chosen = [(None, t) for t in select(names, selectors, exclude)]
+        chosen = [(None, t) for t in pick.defaults(method.default_positions)]
     modules = dict(backbone.named_modules())
     for s, t in chosen:
         for path in {t, s or t}:
@@ -53,9 +54,39 @@ def _outside_torchscript(modules: dict[str, nn.Module], path: str) -> None:
             )
 
 
-def _located(backbone: nn.Module, locate: Callable[[nn.Module], str], config: DeltaConfig, names: Sequence[str]) -> str:
+class _Picker:
+    """Resolves selectors on one backbone: as names, else as its common-structure names."""
+
+    def __init__(self, backbone: nn.Module, names: Sequence[str], config: DeltaConfig) -> None:
+        self.backbone, self.names, self.config = backbone, names, config
+
+    def _expand(self, selector: str) -> tuple[str, ...] | None:
+        return common_selectors(self.backbone, selector)
+
+    def __call__(self, selectors: Sequence[str]) -> list[str]:
+        return select(
+            self.names,
+            selectors,
+            self.config.exclude_modules,
+            expand=self._expand,
+            prefer_expand=self.config.common_structure,
+        )
+
+    def defaults(self, positions: Sequence[str]) -> list[str]:
+        """The default positions' modules: a default selector this model variant lacks is skipped."""
+        selectors = default_selectors(self.backbone, positions, self.config.delta_type)
+        present = [s for s in selectors if any(n and compile_pattern(s)(n) for n in self.names)]
+        if not present:
+            raise SelectorError(
+                f"none of {self.config.delta_type}'s default positions {list(positions)} exists in this "
+                f"{type(self.backbone).__name__}; pass modified_modules=[...]"
+            )
+        return select(self.names, present, self.config.exclude_modules, expand=self._expand)
+
+
+def _located(backbone: nn.Module, locate: Callable[[nn.Module], str], config: DeltaConfig, pick: _Picker) -> str:
     path = locate(backbone)
-    if config.modified_modules is not None and select(names, config.modified_modules, config.exclude_modules) != [path]:
+    if config.modified_modules is not None and pick(config.modified_modules) != [path]:
         raise ConfigError(
             f"{config.delta_type} finds its own place on the backbone ({path or '<root>'}); modified_modules "
             f"{list(config.modified_modules)} would put it elsewhere: leave modified_modules unset"
@@ -67,8 +98,7 @@ def _selector_pairs(
     backbone: nn.Module, method: Method, config: DeltaConfig
 ) -> list[tuple[Sequence[str], Sequence[str]]]:
     if config.modified_modules is None:
-        positions = method.default_positions
-        groups = [default_selectors(backbone, [p], config.delta_type) for p in positions]
+        groups = [(p,) for p in method.default_positions]  # common-structure names: the picker reads them
     else:
         if len(config.modified_modules) % 2:
             raise ConfigError(
@@ -79,11 +109,8 @@ def _selector_pairs(
     return list(zip(groups[0::2], groups[1::2], strict=True))
 
 
-def _pair(
-    names: Sequence[str], sources: Sequence[str], targets: Sequence[str], exclude: Sequence[str]
-) -> list[tuple[str, str]]:
-    src = select(names, sources, exclude)
-    dst = select(names, targets, exclude)
+def _pair(pick: _Picker, sources: Sequence[str], targets: Sequence[str]) -> list[tuple[str, str]]:
+    src, dst = pick(sources), pick(targets)
     if len(src) != len(dst):
         raise SelectorError(
             f"source selectors {list(sources)} match {len(src)} modules but target selectors {list(targets)} match "

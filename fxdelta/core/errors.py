@@ -27,3 +27,8 @@ class CheckpointError(FxDeltaError):
 
 class StateError(FxDeltaError, RuntimeError):
     """The backbone was changed behind fxdelta's back (e.g. another tool replaced a forward)."""
+
+
+class FxDeltaWarning(UserWarning):
+    """Something that runs but may not do what was meant (a selector to keep trainable matched nothing, an
+    unknown key in a config dict was ignored)."""

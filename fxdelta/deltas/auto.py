@@ -8,10 +8,8 @@ from typing import Any
 
 from torch import nn
 
-from fxdelta.core.errors import CheckpointError
-from fxdelta.deltas.classes import model_class_for
+from fxdelta.deltas.classes import load_finetuned, model_class_for
 from fxdelta.deltas.handle import DeltaModel
-from fxdelta.deltas.loading import load_deltas
 from fxdelta.io import checkpoint
 from fxdelta.methods.registry import config_from_dict
 from fxdelta.spec.config import DeltaConfig
@@ -22,14 +20,15 @@ class AutoDeltaConfig:
 
     @staticmethod
     def from_dict(config: Mapping[str, Any]) -> DeltaConfig:
-        return config_from_dict(config)
+        """The config of ``config["delta_type"]``. Keys that are none of its fields (a script's other
+        arguments, e.g. ``asdict(delta_args)``) are dropped with a warning naming them."""
+        return config_from_dict(config, unknown="warn")
 
     @staticmethod
-    def from_finetuned(finetuned_delta_path: str | os.PathLike) -> DeltaConfig:
-        deltas = checkpoint.read_meta(finetuned_delta_path)["deltas"]
-        if len(deltas) != 1:
-            raise CheckpointError(f"{finetuned_delta_path} holds {len(deltas)} deltas; use fxdelta.load() for several")
-        return AutoDeltaConfig.from_dict(deltas[0]["config"])
+    def from_finetuned(finetuned_delta_path: str | os.PathLike, **download_options: Any) -> DeltaConfig:
+        """The config saved in a local checkpoint folder, whatever its method."""
+        checkpoint.check_download_options(download_options, "AutoDeltaConfig.from_finetuned")
+        return config_from_dict(checkpoint.single_entry(finetuned_delta_path)["config"])
 
 
 class AutoDeltaModel:
@@ -43,10 +42,8 @@ class AutoDeltaModel:
 
     @staticmethod
     def from_finetuned(
-        finetuned_delta_path: str | os.PathLike, backbone_model: nn.Module, **options: Any
+        finetuned_delta_path: str | os.PathLike, backbone_model: nn.Module, *args: Any, **kwargs: Any
     ) -> DeltaModel:
-        count = len(checkpoint.read_meta(finetuned_delta_path)["deltas"])
-        if count != 1:
-            raise CheckpointError(f"{finetuned_delta_path} holds {count} deltas; use fxdelta.load() for several")
-        (handle,) = load_deltas(finetuned_delta_path, backbone_model, **options)
-        return handle
+        """The one delta saved in a local folder, whatever its method, built on ``backbone_model`` and
+        attached (options: see ``fxdelta.deltas.classes.load_finetuned``)."""
+        return load_finetuned(finetuned_delta_path, backbone_model, *args, **kwargs)

@@ -8,9 +8,18 @@ bottleneck_dim=12)``.
 from __future__ import annotations
 
 import dataclasses
+import os
+from collections.abc import Mapping
+from typing import Any
 
+import torch
+from torch import nn
+
+from fxdelta.core.errors import CheckpointError
 from fxdelta.deltas.handle import DeltaModel
-from fxdelta.methods.registry import ALIASES, METHODS
+from fxdelta.deltas.loading import load_deltas
+from fxdelta.io import checkpoint
+from fxdelta.methods.registry import ALIASES, METHODS, config_from_dict
 from fxdelta.spec.config import DeltaConfig
 from fxdelta.spec.method import Method
 
@@ -30,8 +39,64 @@ def _model_class(method: Method) -> type[DeltaModel]:
         f"``{method.config.__name__}`` ({_defaults(method.config)}), plus ``modified_modules``, "
         f"``exclude_modules``, ``unfrozen_modules`` and ``name``."
     )
-    namespace = {"config_class": method.config, "__doc__": doc, "__module__": "fxdelta", "__qualname__": name}
+    namespace = {
+        "config_class": method.config,
+        "from_finetuned": classmethod(_from_finetuned),
+        "__doc__": doc,
+        "__module__": "fxdelta",
+        "__qualname__": name,
+    }
     return type(name, (DeltaModel,), namespace)
+
+
+def _from_finetuned(cls: type[DeltaModel], *args: Any, **kwargs: Any) -> DeltaModel:
+    """Load a checkpoint folder of this method onto ``backbone_model`` (see ``load_finetuned``)."""
+    return load_finetuned(*args, expected=cls.config_class, **kwargs)
+
+
+def load_finetuned(
+    finetuned_delta_path: str | os.PathLike,
+    backbone_model: nn.Module,
+    delta_config: DeltaConfig | Mapping[str, Any] | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    state_dict: Mapping[str, torch.Tensor] | None = None,
+    *,
+    force_download: bool = False,
+    check_hash: bool = True,
+    local_files_only: bool = False,
+    expected: type[DeltaConfig] | None = None,
+    **options: Any,
+) -> DeltaModel:
+    """The one delta saved in a local folder, built on ``backbone_model`` and attached.
+
+    ``delta_config`` replaces the saved config (same method); ``state_dict`` the saved tensors;
+    ``check_hash=False`` skips the backbone fingerprint check (names and shapes are still checked).
+    ``cache_dir``, ``force_download``, ``local_files_only`` and the other hub download options change
+    nothing: fxdelta reads local folders only. Other options (``example_inputs``, ``hooks_only``) go
+    to the delta model.
+    """
+    checkpoint.check_download_options(
+        {k: options.pop(k) for k in list(options) if k in checkpoint.DOWNLOAD_OPTIONS}, ""
+    )
+    saved = checkpoint.single_entry(finetuned_delta_path)["config"].get("delta_type")
+    if expected is not None and saved != expected.delta_type:
+        wanted = expected.__name__.removesuffix("Config") + "Model"
+        raise CheckpointError(
+            f"{finetuned_delta_path} holds a {saved!r} delta, not {expected.delta_type!r}: load it with "
+            f"AutoDeltaModel.from_finetuned (or the class of its method), not {wanted}"
+        )
+    if delta_config is not None and not isinstance(delta_config, DeltaConfig):
+        delta_config = config_from_dict(delta_config)
+    (handle,) = load_deltas(
+        finetuned_delta_path,
+        backbone_model,
+        model_class_for,
+        tensors=state_dict,
+        check_fingerprint=check_hash,
+        config=delta_config,
+        **options,
+    )
+    return handle
 
 
 MODEL_CLASSES: dict[str, type[DeltaModel]] = {t: _model_class(m) for t, m in METHODS.items()}

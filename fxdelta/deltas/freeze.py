@@ -9,7 +9,7 @@ from torch import nn
 
 from fxdelta.core.errors import SelectorError
 from fxdelta.core.paths import delta_parameter_names
-from fxdelta.spec.selectors import closest_names, compile_pattern
+from fxdelta.spec.selectors import Expand, compile_pattern, unmatched
 
 
 def _prefixes(name: str) -> list[str]:
@@ -18,11 +18,20 @@ def _prefixes(name: str) -> list[str]:
     return [".".join(parts[: i + 1]) for i in range(len(parts))]
 
 
-def freeze(backbone: nn.Module, exclude: Sequence[str], module_names: Sequence[str]) -> list[str]:
-    """Freeze every parameter of ``backbone`` except those under the ``exclude`` selectors.
+def freeze(
+    backbone: nn.Module,
+    exclude: Sequence[str],
+    module_names: Sequence[str],
+    *,
+    within: nn.Module | None = None,
+    expand: Expand | None = None,
+) -> list[str]:
+    """Freeze every parameter of ``within`` (default: the backbone) except those under ``exclude``.
 
-    Returns the names of backbone (non-delta) parameters left trainable. A selector that
-    matches no module or parameter is an error, as everywhere in fxdelta.
+    ``exclude`` selectors are matched against module and parameter names relative to ``within``;
+    one that names nothing is read through ``expand`` (the family's common structure), and if it
+    still matches nothing it is a warning (it keeps nothing trainable; OpenDelta's configs list names
+    some models lack). Returns the names of the backbone's own (non-delta) trainable parameters.
     """
     if isinstance(exclude, str):
         raise SelectorError(
@@ -32,21 +41,25 @@ def freeze(backbone: nn.Module, exclude: Sequence[str], module_names: Sequence[s
         raise SelectorError(
             f"exclude must be a list of selector strings (e.g. ['deltas', 'classifier']), got {exclude!r}"
         )
-    params = dict(backbone.named_parameters())
+    params = dict((within or backbone).named_parameters())
     keep: set[str] = set()
     for pattern in exclude:
-        predicate = compile_pattern(pattern)
-        hits = {n for n in params if any(predicate(prefix) for prefix in _prefixes(n))}
+        hits = _under(params, [pattern])
+        if not hits and expand is not None:
+            hits = _under(params, expand(pattern) or ())
         if not hits:
-            raise SelectorError(
-                f"exclude selector {pattern!r} matches no parameter or module with parameters; "
-                f"closest names: {closest_names(pattern, [*module_names, *params])}"
-            )
+            unmatched(pattern, [*module_names, *params], "selector of what stays trainable (unfrozen_modules, exclude)")
         keep |= hits
     for name, p in params.items():
         p.requires_grad_(name in keep)
     deltas = delta_parameter_names(backbone)
-    return sorted(n for n in keep if n not in deltas)
+    return sorted(n for n, p in backbone.named_parameters() if p.requires_grad and n not in deltas)
+
+
+def _under(params: dict[str, nn.Parameter], selectors: Sequence[str]) -> set[str]:
+    """The parameters named by ``selectors``, or inside a module they name."""
+    predicates = [compile_pattern(s) for s in selectors]
+    return {n for n in params if any(pred(prefix) for pred in predicates for prefix in _prefixes(n))}
 
 
 def keep_trainable_in_state_dict(backbone: nn.Module) -> Any:

@@ -8,28 +8,30 @@ and offers attach/detach, freeze_module, log, merge and save_finetuned.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from functools import partial
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from fxdelta.compiler.build import build_entries
-from fxdelta.compiler.install import apply
+from fxdelta.compiler.install import apply, match_backbone
 from fxdelta.compiler.state import BackboneState
-from fxdelta.core.entries import DELTA_NAMESPACE
 from fxdelta.core.errors import ConfigError, FxDeltaError, UnsupportedModelError
 from fxdelta.core.paths import backbone_module_names
-from fxdelta.deltas import freeze
+from fxdelta.deltas import freeze, saving
+from fxdelta.deltas.scope import BackboneScope
 from fxdelta.inspect.graphs import show_graph
 from fxdelta.inspect.log import log, rewritten_graphs
 from fxdelta.io import checkpoint
 from fxdelta.methods.registry import METHODS, method_for
 from fxdelta.spec.config import DeltaConfig
 from fxdelta.spec.method import Method
+from fxdelta.spec.structure import common_selectors
 
 
-class DeltaModel:
+class DeltaModel(BackboneScope):
     """One delta (one method, one config) on one backbone.
 
     ``DeltaModel(backbone, config)`` builds the delta and attaches it. Method classes
@@ -96,18 +98,21 @@ class DeltaModel:
         return cls.from_kwargs(hyper)
 
     # -- attach / detach --------------------------------------------------------------------------
-    def attach(self) -> DeltaModel:
-        """Put the delta back into the backbone's computation (idempotent)."""
+    def attach(self, module: nn.Module | None = None) -> DeltaModel:
+        """Put the delta back into the backbone's computation (idempotent). ``module``, if given, must be
+        the backbone: a delta is built for, and lives on, one backbone."""
+        self._backbone_or(module, "attach")
         if not self.attached:
-            self._match_backbone()
+            match_backbone(self.backbone, self.entries)
             others = [e for e in self._state.active if e.name != self.name]
             apply(self._state, others + self.entries)
             self.attached = True
             self._sync_state_dict_hook()
         return self
 
-    def detach(self) -> DeltaModel:
+    def detach(self, module: nn.Module | None = None) -> DeltaModel:
         """Take the delta out: the backbone computes exactly what it did before (idempotent)."""
+        self._backbone_or(module, "detach")
         if self.attached:
             apply(self._state, [e for e in self._state.active if e.name != self.name])
             self.attached = False
@@ -121,24 +126,6 @@ class DeltaModel:
         elif not wanted and self._state_dict_hook is not None:
             self._state_dict_hook.remove()
             self._state_dict_hook = None
-
-    def _match_backbone(self) -> None:
-        """Follow what happened to the backbone while the delta was out (or before it existed):
-        ``.to(device/dtype)`` calls and the train/eval mode."""
-        modules = dict(self.backbone.named_modules())
-        for e in self.entries:
-            target = modules[e.target]
-            ref = next(
-                (
-                    p
-                    for n, p in target.named_parameters()
-                    if p.is_floating_point() and not n.startswith(f"{DELTA_NAMESPACE}.")
-                ),
-                None,
-            )
-            if ref is not None:
-                e.delta.to(device=ref.device, dtype=ref.dtype)
-            e.delta.train(target.training)
 
     # -- parameters -------------------------------------------------------------------------------
     def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
@@ -173,26 +160,53 @@ class DeltaModel:
     # -- freezing, reporting, saving (their logic lives in their own modules) ---------------------
     def freeze_module(
         self,
+        module: nn.Module | None = None,
         exclude: Sequence[str] | None = None,
-        set_state_dict: bool = False,
+        set_state_dict: bool = True,
     ) -> DeltaModel:
-        """Freeze the backbone except ``exclude`` (default: ``config.unfrozen_modules``, i.e. the deltas).
+        """Freeze ``module`` (default: the backbone) except ``exclude`` (default: ``config.unfrozen_modules``,
+        i.e. the deltas).
 
         ``exclude`` uses the module-selector grammar on module and parameter names: ``"deltas"``
-        keeps every attached delta trainable, ``"layernorm_embedding"`` that module's parameters.
-        With ``set_state_dict=True`` the backbone's ``state_dict()`` then holds only trainable
-        tensors, while this delta is attached. Backbone parameters left trainable are saved by
-        ``save_finetuned``.
+        keeps every attached delta trainable, ``"layernorm_embedding"`` that module's parameters; a
+        name the model lacks is read as a common-structure name (``layer_norm``), and one that still
+        matches nothing is a warning. With ``set_state_dict=True`` (the default) the backbone's
+        ``state_dict()`` then holds only trainable tensors, while this delta is attached; ``False``
+        gives back the whole state_dict. Backbone parameters left trainable are saved by ``save_finetuned``.
         """
+        within = self._backbone_or(module, "freeze_module")
         patterns = self.config.unfrozen_modules if exclude is None else exclude
-        self._unfrozen = freeze.freeze(self.backbone, patterns, backbone_module_names(self.backbone))
+        names = backbone_module_names(within)
+        expand = partial(common_selectors, self.backbone)
+        self._unfrozen = freeze.freeze(self.backbone, patterns, names, within=within, expand=expand)
         self._trims_state_dict = set_state_dict
         self._sync_state_dict_hook()
         return self
 
-    def log(self, *, file: Any = None) -> None:
-        """Print the collapsed backbone tree with this delta marked, and parameter counts."""
-        log(self.backbone, self, file=file)
+    def log(
+        self,
+        module: nn.Module | None = None,
+        delta_ratio: bool = True,
+        trainable_ratio: bool = True,
+        visualization: bool = True,
+        cuda_memory: bool = True,
+        *,
+        file: Any = None,
+    ) -> None:
+        """Print the collapsed tree of ``module`` (default: the backbone) with the deltas marked
+        (``visualization``), one line per delta with its size (``delta_ratio``), the trainable share
+        (``trainable_ratio``) and, on machines with CUDA, the memory each device holds (``cuda_memory``)."""
+        shown = self._backbone_or(module, "log")
+        log(
+            self.backbone,
+            self,
+            shown,
+            tree=visualization,
+            deltas=delta_ratio,
+            trainable=trainable_ratio,
+            memory=cuda_memory,
+            file=file,
+        )
 
     def rewritten_graphs(self) -> dict[str, Any]:
         """``{site path: fx.GraphModule}`` for every graph that carries this delta (hook sites omitted)."""
@@ -245,10 +259,24 @@ class DeltaModel:
         }
         return entry, tensors
 
-    def save_finetuned(self, save_directory: str | os.PathLike) -> None:
-        """Write ``save_directory`` with only this delta's tensors (plus backbone tensors it unfroze)."""
+    def save_finetuned(
+        self,
+        finetuned_delta_path: str | os.PathLike = "./delta_checkpoints/",
+        save_config: bool = True,
+        state_dict: Mapping[str, torch.Tensor] | None = None,
+        save_function: Any = None,
+        push_to_dc: bool = False,
+        **push_options: Any,
+    ) -> None:
+        """Write a local folder with only this delta's tensors (plus backbone tensors it unfroze) and its config.
+
+        ``state_dict`` gives the tensors to write instead of the live ones (it must hold every key the
+        delta saves). fxdelta writes safetensors and always the config (``save_function`` and
+        ``save_config=False`` are refused), and saves locally only: ``push_to_dc``/``push_to_hub`` raise.
+        """
         entry, tensors = self.checkpoint_entry()
-        checkpoint.write(save_directory, self.backbone, [entry], tensors)
+        tensors = saving.chosen_tensors(tensors, state_dict, save_config, save_function, push_to_dc, push_options)
+        checkpoint.write(finetuned_delta_path, self.backbone, [entry], tensors)
 
 
 def discard(handle: DeltaModel) -> None:

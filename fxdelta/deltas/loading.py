@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -12,30 +13,48 @@ from torch import nn
 from fxdelta.compiler.state import BackboneState
 from fxdelta.core.entries import DELTA_NAMESPACE
 from fxdelta.core.errors import CheckpointError, FxDeltaError, UnsupportedModelError
-from fxdelta.deltas.classes import model_class_for
 from fxdelta.deltas.handle import DeltaModel, discard
 from fxdelta.io import checkpoint
-from fxdelta.methods.registry import config_from_dict
+from fxdelta.methods.registry import config_from_dict, method_for
+from fxdelta.spec.config import DeltaConfig
+
+MakeModel = Callable[[str], type[DeltaModel]]  # delta_type -> its delta-model class
 
 
-def load_deltas(directory: str | os.PathLike, backbone: nn.Module, **options: Any) -> list[DeltaModel]:
+def load_deltas(
+    directory: str | os.PathLike,
+    backbone: nn.Module,
+    make: MakeModel,
+    *,
+    tensors: Mapping[str, torch.Tensor] | None = None,
+    check_fingerprint: bool = True,
+    config: DeltaConfig | None = None,
+    **options: Any,
+) -> list[DeltaModel]:
     """Build every delta of a checkpoint on ``backbone``, fill in its tensors, then attach them all.
 
+    ``tensors`` replaces the file's (keys it holds beyond the deltas' are ignored); ``config`` the
+    (single) delta's saved config, of the same method;
+    ``check_fingerprint=False`` skips the backbone fingerprint check (names and shapes are still checked).
     Everything is checked before the backbone changes; if anything fails, the backbone is left
     exactly as it was (deltas removed, unfrozen backbone tensors restored).
     """
     if not isinstance(backbone, nn.Module):
         raise UnsupportedModelError(f"deltas are loaded onto a torch.nn.Module, got {type(backbone).__name__}")
     meta = checkpoint.read_meta(directory)
-    checkpoint.check_backbone(meta, backbone, directory)
-    tensors = checkpoint.read_tensors(directory)
+    if check_fingerprint:
+        checkpoint.check_backbone(meta, backbone, directory)
+    if config is not None:
+        _use_config(meta, config, directory)
+    given = tensors is not None  # the user's own dict may hold more than the deltas (a whole state_dict)
+    tensors = dict(tensors) if tensors is not None else checkpoint.read_tensors(directory)
     params = dict(backbone.named_parameters())
     handles: list[DeltaModel] = []
     restore: dict[str, Any] = {}
     used: set[str] = set()
     try:
         for entry in meta["deltas"]:
-            handle = _build_detached(entry, backbone, options, directory, handles)
+            handle = _build_detached(entry, backbone, make, options, directory, handles)
             used |= _fill(handle, entry, tensors, directory)
             _refuse_a_second_copy(handle, directory)
             for name in entry.get("unfrozen", []):
@@ -45,7 +64,7 @@ def load_deltas(directory: str | os.PathLike, backbone: nn.Module, **options: An
                 restore[name] = params[name].detach().clone()
                 used.add(name)
         extra = sorted(set(tensors) - used)
-        if extra:
+        if extra and not given:
             raise CheckpointError(
                 f"{directory}: {len(extra)} tensors belong to no delta (e.g. {extra[:3]}); "
                 f"the file does not match its config"
@@ -63,23 +82,40 @@ def load_deltas(directory: str | os.PathLike, backbone: nn.Module, **options: An
     return handles
 
 
+def _use_config(meta: dict[str, Any], config: DeltaConfig, directory: Any) -> None:
+    (entry,) = meta["deltas"] if len(meta["deltas"]) == 1 else (None,)
+    if entry is None or entry["config"].get("delta_type") != config.delta_type:
+        raise CheckpointError(f"{directory}: delta_config= replaces one saved {config.delta_type} delta's config only")
+    entry["config"] = config.to_dict()
+
+
 def _build_detached(
-    entry: Mapping[str, Any], backbone: nn.Module, options: dict, directory: Any, built: list[DeltaModel]
+    entry: Mapping[str, Any],
+    backbone: nn.Module,
+    make: MakeModel,
+    options: dict,
+    directory: Any,
+    built: list[DeltaModel],
 ) -> DeltaModel:
-    """The (detached) delta an entry describes, appended to ``built`` as soon as it exists."""
-    try:
-        config = config_from_dict(entry["config"])
-    except FxDeltaError as e:
-        raise CheckpointError(f"{directory}: a delta entry of its config is malformed: {e}") from e
+    """The (detached) delta an entry describes, appended to ``built`` as soon as it exists. It is built
+    on the very modules it was saved from (its recorded targets), whatever the defaults are now."""
     saved_name, targets = entry["name"], entry["targets"]  # types checked by read_meta
+    sources = entry.get("sources", [None] * len(targets))
     state = BackboneState.find(backbone)
     taken = {h.name for h in state.handles} if state else set()
     try:
-        config = config.replace(name=None if saved_name in taken else saved_name)
+        saved = config_from_dict(entry["config"]).replace(name=None if saved_name in taken else saved_name)
+        config = saved
+        method = method_for(config.delta_type)
+        if method.locate is None:  # a method that finds its place finds it again
+            pairs = zip(sources, targets, strict=True)
+            exact = ["re:" + re.escape(p) for s, t in pairs for p in ([s or t, t] if method.pairs else [t])]
+            config = config.replace(modified_modules=exact, exclude_modules=())
     except FxDeltaError as e:
         raise CheckpointError(f"{directory}: a delta entry of its config is malformed: {e}") from e
-    handle = model_class_for(config.delta_type)(backbone, config, attach=False, **options)
+    handle = make(config.delta_type)(backbone, config, attach=False, **options)
     built.append(handle)
+    handle.config = saved  # built on the recorded modules; the user sees the selectors they saved
     if handle.targets != targets or handle.sources != entry.get("sources", [None] * len(targets)):
         raise CheckpointError(
             f"{directory}: its selectors pick {len(handle.targets)} modules on this backbone, not the "
@@ -110,11 +146,12 @@ def _check_dtype(directory: Any, key: str, saved: torch.Tensor, wanted: torch.Te
 def _refuse_a_second_copy(handle: DeltaModel, directory: Any) -> None:
     """Loading what is already on the backbone (a re-run cell) would apply the same delta twice."""
     state = BackboneState.find(handle.backbone)
-    mine = handle.config.exported().to_dict() | {"name": None}
+    ignored = {"name": None, "modified_modules": None, "exclude_modules": None}  # targets are compared instead
+    mine = handle.config.exported().to_dict() | ignored
     for other in state.handles if state else []:
         if other is handle or not isinstance(other, DeltaModel) or other.targets != handle.targets:
             continue
-        if other.config.exported().to_dict() | {"name": None} != mine:
+        if other.config.exported().to_dict() | ignored != mine:
             continue
         ours, theirs = _exported(handle), _exported(other)
         if ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k].to(ours[k].device)) for k in ours):

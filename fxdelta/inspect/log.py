@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 import torch.fx as fx
 from torch import nn
 
@@ -18,12 +19,37 @@ def parameter_counts(backbone: nn.Module) -> tuple[int, int]:
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
 
-def log(backbone: nn.Module, handle: DeltaHandle, *, file: Any = None) -> None:
-    """The collapsed tree with deltas marked, then one summary line per delta on the backbone."""
+def log(
+    backbone: nn.Module,
+    handle: DeltaHandle,
+    shown: nn.Module | None = None,
+    *,
+    tree: bool = True,
+    deltas: bool = True,
+    trainable: bool = True,
+    memory: bool = True,
+    file: Any = None,
+) -> None:
+    """The collapsed tree of ``shown`` (default: the backbone) with deltas marked, one summary line per
+    delta on the backbone, the trainable share of the backbone's parameters, and CUDA memory in use."""
+    out = console(file)
+    if tree:
+        Visualization(shown if shown is not None else backbone).structure_graph(file=file)
+    if deltas:
+        out.print(_delta_table(backbone, handle))
+    if trainable:
+        count, total = parameter_counts(backbone)
+        ratio = 100.0 * count / total if total else 0.0
+        out.print(f"trainable parameters: {count:,} / {total:,} = {ratio:.4f}%")
+    if memory and torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            now, peak = torch.cuda.memory_allocated(i) / 2**30, torch.cuda.max_memory_allocated(i) / 2**30
+            out.print(f"cuda:{i} memory: {now:.2f} GiB allocated, {peak:.2f} GiB at most")
+
+
+def _delta_table(backbone: nn.Module, handle: DeltaHandle) -> Any:
     from rich.table import Table
 
-    out = console(file)
-    Visualization(backbone).structure_graph(file=file)
     state = BackboneState.find(backbone)
     table = Table(title="deltas on this backbone")
     for column in ("name", "method", "attached", "targets", "sites", "parameters"):
@@ -40,10 +66,7 @@ def log(backbone: nn.Module, handle: DeltaHandle, *, file: Any = None) -> None:
             ", ".join(sites) or "-",
             f"{h.num_parameters():,}",
         )
-    out.print(table)
-    trainable, total = parameter_counts(backbone)
-    ratio = 100.0 * trainable / total if total else 0.0
-    out.print(f"trainable parameters: {trainable:,} / {total:,} = {ratio:.4f}%")
+    return table
 
 
 def rewritten_graphs(backbone: nn.Module, name: str) -> dict[str, fx.GraphModule]:

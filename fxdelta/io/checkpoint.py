@@ -68,7 +68,11 @@ def read_meta(directory: str | os.PathLike) -> dict[str, Any]:
     if not path.is_dir():
         aside = interrupted_saves(path)
         hint = f"; a save was interrupted and left the previous checkpoint at {str(aside[-1])!r}" if aside else ""
-        raise CheckpointError(f"no delta checkpoint folder at {str(path)!r}{hint}")
+        raise CheckpointError(
+            f"no delta checkpoint folder at {str(path)!r}{hint}. fxdelta reads checkpoints from local folders "
+            f"only (no Delta Center or Hub downloads): download it first, e.g. with "
+            f"huggingface_hub.snapshot_download(repo_id), and pass the folder"
+        )
     config = path / CONFIG_FILE
     if not config.is_file():
         raise CheckpointError(
@@ -138,3 +142,34 @@ def check_backbone(meta: dict[str, Any], backbone: nn.Module, directory: Any) ->
             f"this {type(backbone).__name__}'s (structural fingerprint {saved.get('fingerprint')} vs "
             f"{fingerprint(backbone)}); load it onto the same architecture and config it was trained on"
         )
+
+
+def single_entry(directory: str | os.PathLike) -> dict[str, Any]:
+    """The one delta a checkpoint holds (several: an error pointing at ``fxdelta.load``)."""
+    deltas = read_meta(directory)["deltas"]
+    if len(deltas) != 1:
+        raise CheckpointError(f"{directory} holds {len(deltas)} deltas; use fxdelta.load(backbone, folder) for several")
+    return deltas[0]
+
+
+# Options of hub downloads (OpenDelta's from_finetuned passes them on): a local folder needs none of them.
+DOWNLOAD_OPTIONS = frozenset(
+    {
+        "cache_dir",
+        "force_download",
+        "local_files_only",
+        "resume_download",
+        "proxies",
+        "revision",
+        "token",
+        "use_auth_token",
+        "mirror",
+    }
+)
+
+
+def check_download_options(options: dict[str, Any], where: str) -> None:
+    """Accept the download options scripts pass along (they change nothing for a local folder)."""
+    unknown = sorted(set(options) - DOWNLOAD_OPTIONS)
+    if unknown:
+        raise TypeError(f"{where} got unexpected keyword arguments {unknown}")

@@ -46,7 +46,7 @@ METHOD = Method(
     config=BitFitConfig,
     build=build,
     route=Route.OUTPUT,
-    default_positions=("attn.q", "attn.k", "attn.v", "attn.o", "ff.w1", "ff.w2", "layer_norm"),
+    default_positions=("attn.q", "attn.k", "attn.v", "attn.o", "ff.w1", "ff.w2", "layer_norm", "final_layer_norm"),
     summary="A new zero bias on module outputs (output route); default positions: every attention and FFN "
     "projection and the block layer norms.",
 )

@@ -7,7 +7,7 @@ generated from ``METHODS``. Adding a method is one file in this folder and one l
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from fxdelta.core.errors import ConfigError
 from fxdelta.methods import (
@@ -56,12 +56,13 @@ def method_for(delta_type: str) -> Method:
         ) from None
 
 
-def config_from_dict(config: Mapping[str, Any] | object) -> DeltaConfig:
-    """The config a plain dict describes: ``{"delta_type": "lora", "lora_r": 4}`` -> ``LoraConfig(lora_r=4)``."""
+def config_from_dict(config: Mapping[str, Any] | object, *, unknown: Literal["error", "warn"] = "error") -> DeltaConfig:
+    """The config a plain dict describes: ``{"delta_type": "lora", "lora_r": 4}`` -> ``LoraConfig(lora_r=4)``;
+    ``unknown="warn"`` drops keys that are no field, with a warning (see ``DeltaConfig.from_kwargs``)."""
     if not isinstance(config, Mapping):
         raise ConfigError(f"a delta spec must be a dict with a 'delta_type' key, got {type(config).__name__}")
     fields = dict(config)
     if "delta_type" not in fields:
         raise ConfigError(f"a delta spec needs a 'delta_type' key (e.g. 'lora'); got keys {sorted(fields)}")
     method = method_for(fields.pop("delta_type"))
-    return method.config.from_kwargs(fields)
+    return method.config.from_kwargs(fields, unknown=unknown)

@@ -214,6 +214,11 @@ class GraphSite:
             self.gm = self.build()
         self._saved_forward = (self.module.__dict__["forward"],) if "forward" in self.module.__dict__ else ()
         self._forward = _Forwarder(self.module, self.gm) if not self.path else self.gm.forward
+        doc = type(self.module).forward.__doc__  # help(module.forward) still shows the module's own
+        if self.path:
+            type(self.gm).forward.__doc__ = doc  # each GraphModule has a class (and forward) of its own
+        else:
+            self._forward.__doc__ = doc
         self.module.forward = self._forward
         self._installed = True
 

@@ -11,12 +11,28 @@ import dataclasses
 import difflib
 import enum
 import math
+import os
+import warnings
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
-from fxdelta.core.errors import ConfigError
+from fxdelta.core.errors import CheckpointError, ConfigError, FxDeltaWarning
+from fxdelta.io import checkpoint
 
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_")
+
+# OpenDelta options fxdelta has no counterpart for: accepted at the value meaning "as usual", else refused.
+_NOT_SUPPORTED = {
+    "backend": (
+        "hf",
+        "fxdelta patches plain PyTorch modules only; BMTrain (backend='bmt') is not supported: leave backend unset",
+    ),
+    "interactive_modify": (
+        False,
+        "interactive module selection is not supported yet: pass modified_modules=[...] "
+        "(Visualization(model).structure_graph() shows the names)",
+    ),
+}
 
 
 def _as_str_tuple(owner: str, field: str, value: Any) -> tuple[str, ...] | None:
@@ -44,6 +60,8 @@ class DeltaConfig:
       uses the method's default positions for the backbone's family.
     - ``exclude_modules``: selectors removed from the selection.
     - ``unfrozen_modules``: what ``freeze_module()`` leaves trainable when given no ``exclude``.
+    - ``common_structure``: read every selector as a common-structure name first (``attn.q``, ``ff``,
+      ``layer_norm``; OpenDelta's flag). Without it a selector that names no module is read so anyway.
     - ``name``: the delta's name on the backbone (state_dict keys ``<target>.deltas.<name>.*``);
       ``None`` picks ``delta_type`` plus a counter if taken.
     """
@@ -53,6 +71,7 @@ class DeltaConfig:
     modified_modules: tuple[str, ...] | None = None
     exclude_modules: tuple[str, ...] = ()
     unfrozen_modules: tuple[str, ...] = ("deltas",)
+    common_structure: bool = False
     name: str | None = None
 
     def __post_init__(self) -> None:
@@ -62,6 +81,8 @@ class DeltaConfig:
             if value is None and field != "modified_modules":
                 value = ()
             object.__setattr__(self, field, value)
+        if not isinstance(self.common_structure, bool):
+            raise ConfigError(f"{owner}.common_structure must be True or False, got {self.common_structure!r}")
         if self.modified_modules is not None and not self.modified_modules:
             raise ConfigError(
                 f"{owner}.modified_modules is empty: give at least one selector, or None for the defaults"
@@ -132,11 +153,50 @@ class DeltaConfig:
         return [f.name for f in dataclasses.fields(cls)]
 
     @classmethod
-    def from_kwargs(cls, kwargs: dict[str, Any]) -> DeltaConfig:
-        """``cls(**kwargs)``, with an unknown field name reported as ``ConfigError`` with suggestions."""
-        fields = cls.field_names()
-        for key in kwargs:
-            if key not in fields:
-                close = difflib.get_close_matches(key, fields, n=3, cutoff=0.0)
-                raise ConfigError(f"{cls.__name__} has no field {key!r} (closest: {close}); fields: {fields}")
-        return cls(**kwargs)
+    def from_kwargs(cls, kwargs: dict[str, Any], *, unknown: Literal["error", "warn"] = "error") -> DeltaConfig:
+        """``cls(**kwargs)``. An unknown key is a ``ConfigError`` with suggestions, or with ``unknown="warn"``
+        (dicts from scripts, which carry their other arguments) dropped with a warning naming it, as is a
+        None for a field whose default is not None. ``backend``/``interactive_modify`` are accepted at
+        their usual values and refused otherwise."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        kept, ignored = {}, []
+        for key, value in kwargs.items():
+            if key in _NOT_SUPPORTED:
+                usual, why = _NOT_SUPPORTED[key]
+                if value is not None and value != usual:
+                    raise ConfigError(f"{cls.__name__}: {key}={value!r} is not supported. {why}")
+            elif key in fields:
+                if not (unknown == "warn" and value is None and fields[key].default is not None):
+                    kept[key] = value
+            elif unknown == "error":
+                close = difflib.get_close_matches(key, list(fields), n=3, cutoff=0.0)
+                raise ConfigError(f"{cls.__name__} has no field {key!r} (closest: {close}); fields: {list(fields)}")
+            else:
+                close = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.8)
+                ignored.append(repr(key) + (f" (did you mean {close[0]!r}?)" if close else ""))
+        if ignored:
+            warnings.warn(
+                f"{cls.__name__} ignores {len(ignored)} keys that are none of its fields: {', '.join(ignored)}",
+                FxDeltaWarning,
+                stacklevel=4,  # from_kwargs < config_from_dict < AutoDeltaConfig.from_dict < the caller
+            )
+        return cls(**kept)
+
+    @classmethod
+    def from_finetuned(cls, finetuned_delta_path: str | os.PathLike, **download_options: Any) -> DeltaConfig:
+        """The config saved in a local checkpoint folder (``save_finetuned``), of this method.
+
+        Hub download options (``cache_dir``, ``force_download``, ``local_files_only``, ...) are accepted
+        and change nothing: fxdelta reads local folders only.
+        """
+        checkpoint.check_download_options(download_options, f"{cls.__name__}.from_finetuned")
+        if not cls.delta_type:
+            raise ConfigError("DeltaConfig.from_finetuned needs a method's config class; use AutoDeltaConfig")
+        fields = dict(checkpoint.single_entry(finetuned_delta_path)["config"])
+        saved = fields.pop("delta_type", None)
+        if saved != cls.delta_type:
+            raise CheckpointError(
+                f"{finetuned_delta_path} holds a {saved!r} delta, not {cls.delta_type!r}: "
+                f"use AutoDeltaConfig.from_finetuned, which reads any method"
+            )
+        return cls.from_kwargs(fields)

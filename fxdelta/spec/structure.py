@@ -1,16 +1,18 @@
 """The common structure map: one vocabulary of transformer positions for every supported family.
 
 Methods name their default positions in this vocabulary (``attn.q``, ``ff.w2``, ...); the map
-turns them into selectors of the family's own module names. Positions cover self- and
-cross-attention alike; a family whose attention projects q, k and v in one layer (GPT-2's
-``c_attn``) maps all three names to it.
+turns them into selectors of the family's own module names, and users may write the same names
+(or OpenDelta's spelling, ``attn@.q@``) in ``modified_modules``. ``attn`` is self-attention, as in
+OpenDelta; an encoder-decoder's cross-attention is ``crossattn``. A family whose attention projects
+q, k and v in one layer (GPT-2's ``c_attn``) maps all three names to it.
 
 Vocabulary: ``attn.q``, ``attn.k``, ``attn.v`` (projections), ``attn.o`` (attention output
-projection), ``ff.w1`` (FFN up/gate projections), ``ff.w2`` (FFN down projection),
-``layer_norm`` (the norms inside each block); ``attn`` (the attention block) and ``ff`` (the
-module whose output is the FFN's output); ``ff.in`` (the one module whose input is the FFN's
-input) and ``ff.act`` (the FFN's activation, whose output is the intermediate hidden state); ``attn.self`` (the
-self-attention modules, which store keys and values: where prefixes go).
+projection), the same under ``crossattn``, ``ff.w1`` (FFN up/gate projections), ``ff.w2`` (FFN down
+projection), ``layer_norm`` (the norms inside each block), ``final_layer_norm`` (a stack's last norm);
+``attn``/``crossattn`` (the attention blocks) and ``ff`` (the module whose output is the FFN's output);
+``ff.in`` (the one module whose input is the FFN's input) and ``ff.act`` (the FFN's activation, whose
+output is the intermediate hidden state); ``attn.self`` (the self-attention modules, which store keys
+and values: where prefixes go). A family lacks the names it has no module for.
 """
 
 from __future__ import annotations
@@ -42,18 +44,23 @@ def _bert_like(q: str, k: str, v: str) -> dict[str, tuple[str, ...]]:
     }
 
 
-def _bart_like(attentions: str) -> dict[str, tuple[str, ...]]:
-    block = f"{_P}(?:{attentions})"
-    attn = block + "\\."
+def _attention(prefix: str, block: str, q: str, k: str, v: str, o: str) -> dict[str, tuple[str, ...]]:
+    """``attn``/``crossattn`` (``prefix``) and its projections, for attention modules matched by ``block``."""
     return {
-        "attn.q": (attn + "q_proj",),
-        "attn.k": (attn + "k_proj",),
-        "attn.v": (attn + "v_proj",),
-        "attn.o": (attn + "out_proj",),
+        prefix: (block,),
+        **{f"{prefix}.{name}": (f"{block}\\.{proj}",) for name, proj in (("q", q), ("k", k), ("v", v), ("o", o))},
+    }
+
+
+def _bart_like(cross: bool, final_norm: str) -> dict[str, tuple[str, ...]]:
+    projections = ("q_proj", "k_proj", "v_proj", "out_proj")
+    return {
+        **_attention("attn", _P + "self_attn", *projections),
+        **(_attention("crossattn", _P + "encoder_attn", *projections) if cross else {}),
         "ff.w1": ("fc1",),
         "ff.w2": ("fc2",),
         "layer_norm": (_P + "layers\\.\\d+\\.(?:self_attn|encoder_attn|final)_layer_norm",),
-        "attn": (block,),  # the attention modules themselves
+        "final_layer_norm": (final_norm,),
         "attn.self": ("self_attn",),
         "ff": ("fc2",),  # no FFN module: its output is fc2's
         "ff.in": ("fc1",),
@@ -70,6 +77,7 @@ def _llama_like() -> dict[str, tuple[str, ...]]:
         "ff.w1": ("mlp.gate_proj", "mlp.up_proj"),
         "ff.w2": ("mlp.down_proj",),
         "layer_norm": ("input_layernorm", "post_attention_layernorm"),
+        "final_layer_norm": (_P + "norm",),
         "attn": ("self_attn",),
         "attn.self": ("self_attn",),
         "ff": ("mlp",),
@@ -77,9 +85,6 @@ def _llama_like() -> dict[str, tuple[str, ...]]:
         "ff.act": ("mlp.act_fn",),
     }
 
-
-_T5_BLOCK = f"{_P}(?:SelfAttention|EncDecAttention)"
-_T5_ATTN = _T5_BLOCK + "\\."
 
 COMMON_STRUCTURE: dict[str, dict[str, tuple[str, ...]]] = {
     "bert": _bert_like("query", "key", "value"),
@@ -107,6 +112,7 @@ COMMON_STRUCTURE: dict[str, dict[str, tuple[str, ...]]] = {
         "ff.w1": ("mlp.c_fc",),
         "ff.w2": ("mlp.c_proj",),
         "layer_norm": ("ln_1", "ln_2"),
+        "final_layer_norm": ("ln_f",),
         "attn": ("attn",),
         "attn.self": ("attn",),
         "ff": ("mlp",),
@@ -114,21 +120,19 @@ COMMON_STRUCTURE: dict[str, dict[str, tuple[str, ...]]] = {
         "ff.act": ("mlp.act",),
     },
     "t5": {
-        "attn.q": (_T5_ATTN + "q",),
-        "attn.k": (_T5_ATTN + "k",),
-        "attn.v": (_T5_ATTN + "v",),
-        "attn.o": (_T5_ATTN + "o",),
+        **_attention("attn", _P + "SelfAttention", "q", "k", "v", "o"),
+        **_attention("crossattn", _P + "EncDecAttention", "q", "k", "v", "o"),
         "ff.w1": (_P + "DenseReluDense\\.wi(?:_0|_1)?",),
         "ff.w2": ("DenseReluDense.wo",),
         "layer_norm": (_P + "block\\.\\d+\\.layer\\.\\d+\\.layer_norm",),
-        "attn": (_T5_BLOCK,),
+        "final_layer_norm": ("final_layer_norm",),
         "attn.self": ("layer.0.SelfAttention",),
         "ff": ("DenseReluDense",),
         "ff.in": (_P + "DenseReluDense\\.wi(?:_0)?",),
         "ff.act": ("DenseReluDense.act",),
     },
-    "bart": _bart_like("self_attn|encoder_attn"),
-    "opt": _bart_like("self_attn"),
+    "bart": _bart_like(cross=True, final_norm=_P + "(?:encoder|decoder)\\.layer_norm"),
+    "opt": _bart_like(cross=False, final_norm=_P + "decoder\\.final_layer_norm"),
     "llama": _llama_like(),
     "qwen2": _llama_like(),
     "qwen3": _llama_like(),
@@ -140,6 +144,7 @@ COMMON_STRUCTURE: dict[str, dict[str, tuple[str, ...]]] = {
         "ff.w1": ("mlp.fc1",),
         "ff.w2": ("mlp.fc2",),
         "layer_norm": ("layernorm_before", "layernorm_after"),
+        "final_layer_norm": (_P + "layernorm",),
         "attn": (_P + "layers\\.\\d+\\.attention",),
         "attn.self": (_P + "layers\\.\\d+\\.attention",),
         "ff": ("mlp",),
@@ -156,19 +161,51 @@ def family_of(backbone: nn.Module) -> str | None:
     return model_type if isinstance(model_type, str) else None
 
 
-def default_selectors(backbone: nn.Module, positions: Iterable[str], delta_type: str) -> tuple[str, ...]:
-    """Selectors for a method's default ``positions`` on this backbone's family."""
+def families_in(backbone: nn.Module) -> list[str]:
+    """The known families of ``backbone``, or of the models it wraps (as OpenDelta searches): each
+    outermost module of a known family counts, and its insides are not searched further."""
     family = family_of(backbone)
-    mapping = COMMON_STRUCTURE.get(family or "")
-    if mapping is None:
+    if family in COMMON_STRUCTURE:
+        return [family]
+    found: dict[str, None] = {}
+    for child in backbone.children():
+        found.update(dict.fromkeys(families_in(child)))
+    return list(found)
+
+
+_OPENDELTA_NAMES = {"attn.proj": "attn.o", "crossattn.proj": "crossattn.o"}
+
+
+def common_name(selector: str) -> str:
+    """A selector as a common-structure name: OpenDelta writes ``attn@.q@`` for ``attn.q`` and
+    ``attn.proj`` for the attention output, ``attn.o``."""
+    name = selector.replace("@", "")
+    return _OPENDELTA_NAMES.get(name, name)
+
+
+def common_selectors(backbone: nn.Module, selector: str) -> tuple[str, ...] | None:
+    """What a common-structure name means on this backbone, or None if it is not one it has."""
+    name = common_name(selector)
+    maps = [COMMON_STRUCTURE[f] for f in families_in(backbone)]
+    if not any(name in m for m in maps):
+        return None
+    return tuple(dict.fromkeys(sel for m in maps for sel in m.get(name, ())))
+
+
+def default_selectors(backbone: nn.Module, positions: Iterable[str], delta_type: str) -> tuple[str, ...]:
+    """Selectors for a method's default ``positions`` on this backbone's families (a family lacks the
+    positions it has no module for: GPT-2 has no cross-attention)."""
+    families = families_in(backbone)
+    if not families:
+        family = family_of(backbone)
         what = f"family {family!r}" if family else f"{type(backbone).__name__} (not a transformers model)"
         raise UnsupportedModelError(
-            f"fxdelta has no default positions for {what}; pass modified_modules=[...] naming the "
-            f"modules to patch with {delta_type} (see Visualization(model).structure_graph() for names). "
-            f"Families with defaults: {sorted(COMMON_STRUCTURE)}"
+            f"fxdelta has no default positions for {what}, nor for any model it holds; pass "
+            f"modified_modules=[...] naming the modules to patch with {delta_type} (see "
+            f"Visualization(model).structure_graph() for names). Families with defaults: {sorted(COMMON_STRUCTURE)}"
         )
     selectors: dict[str, None] = {}
-    for position in positions:
-        for selector in mapping[position]:
-            selectors.setdefault(selector, None)
+    for family in families:
+        for position in positions:
+            selectors.update(dict.fromkeys(COMMON_STRUCTURE[family].get(position, ())))
     return tuple(selectors)

@@ -1,0 +1,1 @@
+"""Small helpers under OpenDelta's module paths (``fxdelta.utils.inspect``)."""
