@@ -8,11 +8,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from fxdelta.compiler.state import BackboneState
 from fxdelta.core.errors import ConfigError
 from fxdelta.deltas.classes import model_class_for
+from fxdelta.deltas.freeze import DEFAULT_UNFROZEN
 from fxdelta.deltas.handle import DeltaModel, discard
 from fxdelta.deltas.loading import load_deltas
 from fxdelta.inspect import graphs
@@ -41,14 +43,46 @@ def _configs(spec: Spec) -> list[DeltaConfig]:
     return [s if isinstance(s, DeltaConfig) else config_from_dict(s) for s in spec]
 
 
-def compile(backbone: nn.Module, spec: Spec, *, example_inputs: Any = None, hooks_only: bool = False) -> nn.Module:
+def _wrapper_types() -> tuple[type, ...]:
+    """Modules that wrap a model and hold it as an attribute: DataParallel, DDP, FSDP (1), torch.compile."""
+    kinds: list[type] = [nn.DataParallel, nn.parallel.DistributedDataParallel]
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    kinds.append(OptimizedModule)
+    if torch.distributed.is_available():
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        kinds.append(FullyShardedDataParallel)
+    return tuple(kinds)
+
+
+def backbone_of(model: nn.Module) -> nn.Module:
+    """The backbone inside a DDP / DataParallel / FSDP / ``torch.compile`` wrapper (``model`` itself if it is
+    none, or already holds deltas). FSDP2's ``fully_shard`` shards a module in place: it is its own backbone."""
+    wrappers = _wrapper_types()
+    while isinstance(model, wrappers) and BackboneState.find(model) is None:
+        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
+        if not isinstance(inner, nn.Module):
+            break
+        model = inner
+    return model
+
+
+def compile(
+    backbone: nn.Module, spec: Spec, *, freeze: bool = True, example_inputs: Any = None, hooks_only: bool = False
+) -> nn.Module:
     """Patch ``backbone`` in place with the deltas of ``spec`` and return it.
 
     ``spec``: one delta's dict (the keys of ``AutoDeltaConfig.from_dict``), a list of them, a
     config object, or the path of a JSON file holding either. All deltas attach, or none do.
-    The delta models are available from ``fxdelta.delta_models(backbone)``.
+    ``freeze=True`` then freezes the backbone except the deltas' ``unfrozen_modules`` (by default every
+    delta, and the task head of a ``*For<Task>`` model), as ``freeze_module(set_state_dict=False)`` does;
+    the state_dict stays whole. ``freeze=False`` leaves every parameter as it was.
+    The delta models are available from ``fxdelta.delta_models(backbone)``. A DDP or
+    ``torch.compile`` wrapper is looked through (the model inside is patched).
     """
     configs = _configs(spec)
+    outer, backbone = backbone, backbone_of(backbone)
     handles: list[DeltaModel] = []
     try:
         for config in configs:
@@ -56,21 +90,27 @@ def compile(backbone: nn.Module, spec: Spec, *, example_inputs: Any = None, hook
             handles.append(cls(backbone, config, example_inputs=example_inputs, hooks_only=hooks_only, attach=False))
         for handle in handles:
             handle.attach()
+        if freeze and handles:
+            keep = list(dict.fromkeys(p for c in configs for p in c.unfrozen_modules))
+            exclude = None if tuple(keep) == DEFAULT_UNFROZEN else keep  # the default keeps task heads too
+            handles[0].freeze_module(exclude=exclude, set_state_dict=False)  # it saves what it leaves trainable
     except BaseException:
         for handle in handles:
             discard(handle)
         raise
-    return backbone
+    return outer
 
 
 def delta_models(backbone: nn.Module) -> dict[str, DeltaModel]:
-    """Every delta model created on ``backbone`` (attached or not), by name."""
-    state = BackboneState.find(backbone)
+    """Every delta model created on ``backbone`` (attached or not; through a DDP, FSDP or ``torch.compile``
+    wrapper), by name."""
+    state = BackboneState.find(backbone_of(backbone))
     return {h.name: h for h in state.handles if isinstance(h, DeltaModel)} if state else {}
 
 
 def save(backbone: nn.Module, directory: str | os.PathLike) -> None:
-    """Write one checkpoint folder holding every attached delta of ``backbone``."""
+    """Write one checkpoint folder holding every attached delta of ``backbone`` (or of the model a wrapper holds)."""
+    backbone = backbone_of(backbone)
     handles = [h for h in delta_models(backbone).values() if h.attached]
     if not handles:
         raise ConfigError(f"{type(backbone).__name__} has no attached deltas to save")
@@ -83,11 +123,12 @@ def save(backbone: nn.Module, directory: str | os.PathLike) -> None:
 
 
 def load(backbone: nn.Module, directory: str | os.PathLike, **options: Any) -> nn.Module:
-    """Attach every delta saved in ``directory`` to ``backbone`` (all or none) and return it."""
-    load_deltas(directory, backbone, model_class_for, **options)
+    """Attach every delta saved in ``directory`` to ``backbone`` (or the model a wrapper holds; all or none)
+    and return ``backbone``."""
+    load_deltas(directory, backbone_of(backbone), model_class_for, **options)
     return backbone
 
 
 def show_graph(backbone: nn.Module, path: str, *, file: Any = None) -> None:
     """Print the rewritten fx graph (code and node list) of the site carrying the delta on ``path``."""
-    graphs.show_graph(backbone, path, file=file)
+    graphs.show_graph(backbone_of(backbone), path, file=file)

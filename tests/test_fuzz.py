@@ -146,7 +146,7 @@ def test_compile_is_right_or_changes_nothing(tree, data):
     for name, m in model.named_modules():
         m.training = training[name]
     try:
-        fxdelta.compile(model, specs, hooks_only=hooks_only)
+        fxdelta.compile(model, specs, hooks_only=hooks_only, freeze=False)  # detach must then restore all
     except FxDeltaError as e:
         event(f"refused: {type(e).__name__}")
         if os.environ.get("FXDELTA_FUZZ_SHOW"):

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 import fxdelta
 from fxdelta import AutoDeltaModel
+from fxdelta.spec.heads import task_heads
 
 from invariants import (
     LORA_LIKE,
@@ -114,7 +115,8 @@ def test_perturb_freeze_and_step(name, method):
     assert moved(perturbed, p.base), "perturbed deltas must change the output"
 
     p.handle.freeze_module()
-    names = delta_names(p.handle)
+    heads = task_heads(p.model)  # a *For<Task> model's head trains with the delta (ViT's classifier)
+    names = delta_names(p.handle) | {n for n, _ in p.model.named_parameters() if n.split(".")[0] in heads}
     assert {n for n, q in p.model.named_parameters() if q.requires_grad} == names
     backbone_before = {k: v for k, v in state_copy(p.model).items() if k not in names}
 

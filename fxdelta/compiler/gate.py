@@ -11,6 +11,8 @@ hooks run inside it. They stay on the backbone from its first delta model on, at
 (forwards that began before that are not counted: create the first delta between forwards), and
 go with fxdelta's state when no delta model is left. ``checks`` run just before a forward goes in,
 outside the gate, where they may still change the deltas (the region guard re-plans there).
+Code compiled by ``torch.compile`` skips the gate (dynamo cannot trace locks; a graph break at every
+forward would cost more): compiled forwards are not counted.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any, cast
 
+import torch
 from torch import nn
 
 from fxdelta.core.errors import StateError
@@ -43,6 +46,8 @@ class Gate:
 
     # -- forwards ----------------------------------------------------------------------------------
     def _enter(self, module: nn.Module, args: tuple) -> None:
+        if torch.compiler.is_compiling():  # dynamo cannot trace locks: compiled forwards are not gated
+            return
         depth = self._depth.get()  # [nesting, the watch it was counted under]
         if depth[0] == 0 and self._changer != threading.get_ident():
             for check in list(self.checks):
@@ -58,6 +63,8 @@ class Gate:
             depth[0] += 1
 
     def _leave(self, module: nn.Module, args: tuple, out: Any) -> None:
+        if torch.compiler.is_compiling():
+            return
         depth = self._depth.get()
         if depth[0] == 0 or depth[1] != self._watch:
             return  # not counted (entered before this watch began)

@@ -2,14 +2,31 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 from torch import nn
 
-from fxdelta.core.errors import SelectorError
+from fxdelta.core.errors import FxDeltaWarning, SelectorError
 from fxdelta.core.paths import delta_parameter_names
 from fxdelta.spec.selectors import Expand, compile_pattern, unmatched
+
+DEFAULT_UNFROZEN = ("deltas",)  # DeltaConfig.unfrozen_modules' default: freezing then keeps task heads too
+
+
+def warn_frozen_heads(backbone: nn.Module, heads: Sequence[str]) -> None:
+    """A task head left frozen trains nothing and is not saved: say so, once per head."""
+    modules = dict(backbone.named_modules())
+    for head in heads:
+        if not any(p.requires_grad for p in modules[head].parameters()):
+            warnings.warn(
+                f"freezing leaves {head!r}, the task head of {type(backbone).__name__}, frozen (new weights, "
+                f"normally trained with the delta); add {head!r} to exclude (or unfrozen_modules) to train it and "
+                f"save it with the delta",
+                FxDeltaWarning,
+                stacklevel=3,
+            )
 
 
 def _prefixes(name: str) -> list[str]:

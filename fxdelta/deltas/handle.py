@@ -8,6 +8,7 @@ and offers attach/detach, freeze_module, log, merge and save_finetuned.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from functools import partial
 from typing import Any, ClassVar
@@ -27,6 +28,7 @@ from fxdelta.inspect.log import log, rewritten_graphs
 from fxdelta.io import checkpoint
 from fxdelta.methods.registry import METHODS, method_for
 from fxdelta.spec.config import DeltaConfig
+from fxdelta.spec.heads import task_heads
 from fxdelta.spec.method import Method
 from fxdelta.spec.structure import common_selectors
 
@@ -165,7 +167,7 @@ class DeltaModel(BackboneScope):
         set_state_dict: bool = True,
     ) -> DeltaModel:
         """Freeze ``module`` (default: the backbone) except ``exclude`` (default: ``config.unfrozen_modules``,
-        i.e. the deltas).
+        i.e. the deltas, and the task heads of a ``*For<Task>`` model: ``fxdelta.spec.heads``).
 
         ``exclude`` uses the module-selector grammar on module and parameter names: ``"deltas"``
         keeps every attached delta trainable, ``"layernorm_embedding"`` that module's parameters; a
@@ -173,12 +175,19 @@ class DeltaModel(BackboneScope):
         matches nothing is a warning. With ``set_state_dict=True`` (the default) the backbone's
         ``state_dict()`` then holds only trainable tensors, while this delta is attached; ``False``
         gives back the whole state_dict. Backbone parameters left trainable are saved by ``save_finetuned``.
+        An ``exclude`` given that freezes a task head is a warning naming it.
         """
         within = self._backbone_or(module, "freeze_module")
+        heads = task_heads(self.backbone) if within is self.backbone else []
         patterns = self.config.unfrozen_modules if exclude is None else exclude
+        default = exclude is None and tuple(patterns) == freeze.DEFAULT_UNFROZEN
+        if default:  # the task heads train with the deltas (and are saved with them)
+            patterns = [*patterns, *("re:" + re.escape(h) for h in heads)]
         names = backbone_module_names(within)
         expand = partial(common_selectors, self.backbone)
         self._unfrozen = freeze.freeze(self.backbone, patterns, names, within=within, expand=expand)
+        if not default:
+            freeze.warn_frozen_heads(self.backbone, heads)
         self._trims_state_dict = set_state_dict
         self._sync_state_dict_hook()
         return self

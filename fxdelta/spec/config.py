@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Literal
 from fxdelta.core.errors import CheckpointError, ConfigError, FxDeltaWarning
 from fxdelta.io import checkpoint
 
-_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_")
+_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 
 # OpenDelta options fxdelta has no counterpart for: accepted at the value meaning "as usual", else refused.
 _NOT_SUPPORTED = {
@@ -93,7 +93,10 @@ class DeltaConfig:
             or not set(self.name) <= _NAME_CHARS
             or self.name[0].isdigit()
         ):
-            raise ConfigError(f"{owner}.name must be a lowercase identifier (letters, digits, '_'), got {self.name!r}")
+            raise ConfigError(
+                f"{owner}.name must be an identifier of ASCII letters, digits and '_' that does not start with a "
+                f"digit (it becomes a module name in state_dict keys), e.g. 'taskA', got {self.name!r}"
+            )
         self.validate()
 
     def validate(self) -> None:

@@ -1,0 +1,89 @@
+"""The compiler API through the wrappers training uses (DDP, DataParallel, torch.compile), and delta names."""
+
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch import nn
+
+import fxdelta
+from fxdelta import LoraModel
+from fxdelta.methods.registry import METHODS
+
+from zoo import ZOO
+
+IDS = torch.arange(1, 9).unsqueeze(0)
+
+
+def bert():
+    torch.manual_seed(0)
+    return ZOO["bert"].build().eval()
+
+
+@pytest.fixture
+def one_process_group(tmp_path):
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def wrappers(model):
+    return {
+        "compile": torch.compile(model, backend="eager"),
+        "data-parallel": nn.DataParallel(model),
+        "compile(data-parallel)": torch.compile(nn.DataParallel(model), backend="eager"),
+    }
+
+
+@pytest.mark.parametrize("kind", ["compile", "data-parallel", "compile(data-parallel)"])
+def test_delta_models_save_and_load_look_through_a_wrapper(kind, tmp_path):
+    model = bert()
+    wrapped = wrappers(model)[kind]
+    assert fxdelta.compile(wrapped, {"delta_type": "lora", "name": "taskA"}) is wrapped
+    (handle,) = fxdelta.delta_models(wrapped).values()
+    assert handle.backbone is model and handle.name == "taskA"
+    with torch.no_grad():
+        for p in handle.parameters():
+            p.normal_()
+    fxdelta.save(wrapped, tmp_path / "ckpt")
+    fresh = bert()
+    fxdelta.load(wrappers(fresh)[kind], tmp_path / "ckpt")
+    assert torch.equal(fresh(input_ids=IDS).logits, model(input_ids=IDS).logits)
+    assert torch.equal(wrapped(input_ids=IDS).logits, model(input_ids=IDS).logits)
+
+
+def test_ddp_is_looked_through(one_process_group, tmp_path):
+    model = bert()
+    fxdelta.compile(model, {"delta_type": "lora"})  # the documented order: deltas first, then DDP
+    ddp = nn.parallel.DistributedDataParallel(model)
+    assert list(fxdelta.delta_models(ddp)) == ["lora"]
+    fxdelta.save(ddp, tmp_path / "ckpt")
+    assert all(not k.startswith("module.") for k in fxdelta.delta_models(ddp)["lora"].state_dict())
+
+
+def test_names_may_be_what_users_write():
+    model = bert()
+    LoraModel(model, name="taskA")
+    assert any(".deltas.taskA." in k for k in model.state_dict())
+    for bad in ("task-a", "2task", "a.b", ""):
+        with pytest.raises(fxdelta.ConfigError, match="identifier"):
+            LoraModel(model, name=bad)
+
+
+@pytest.mark.parametrize(
+    "method",
+    ["lora", "dora", "adapter", "low_rank_adapter", "compacter", "bitfit", "parallel_adapter", "ia3", "soft_prompt"],
+)
+def test_torch_compile_runs_a_patched_model_without_graph_breaks(method):
+    """The thread gate's hooks are compiled out: dynamo cannot trace its locks (a break at every forward)."""
+    from torch._dynamo.utils import counters
+
+    model = bert()
+    fxdelta.compile(model, {"delta_type": method, **METHODS[method].small})  # hyper-parameters for tiny models
+    torch._dynamo.reset()
+    counters.clear()
+    out = torch.compile(model, backend="eager")(input_ids=IDS).logits
+    assert dict(counters["graph_break"]) == {}
+    assert torch.allclose(out, model(input_ids=IDS).logits, atol=1e-6)
