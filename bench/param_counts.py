@@ -16,19 +16,9 @@ import torch
 import transformers
 
 import fxdelta
+from fxdelta.methods.registry import METHODS as REGISTRY
 
-METHODS = [
-    "lora",
-    "dora",
-    "adapter",
-    "bitfit",
-    "ia3",
-    "low_rank_adapter",
-    "compacter",
-    "parallel_adapter",
-    "prefix",
-    "soft_prompt",
-]
+METHODS = list(REGISTRY)  # every registered method, in registry order
 MODELS = {
     "BERT-base (d 768, 12 layers, FFN 3072)": lambda: transformers.BertModel(transformers.BertConfig()),
     "GPT-2 small (d 768, 12 layers, FFN 3072)": lambda: transformers.GPT2Model(transformers.GPT2Config()),

@@ -14,13 +14,12 @@ from torch import nn
 from fxdelta.compiler.state import BackboneState
 from fxdelta.core.errors import ConfigError
 from fxdelta.deltas.classes import model_class_for
-from fxdelta.deltas.freeze import DEFAULT_UNFROZEN
 from fxdelta.deltas.handle import DeltaModel, discard
 from fxdelta.deltas.loading import load_deltas
 from fxdelta.inspect import graphs
 from fxdelta.io import checkpoint
 from fxdelta.methods.registry import config_from_dict
-from fxdelta.spec.config import DeltaConfig
+from fxdelta.spec.config import DEFAULT_UNFROZEN, DeltaConfig
 
 Spec = DeltaConfig | Mapping[str, Any] | Sequence[DeltaConfig | Mapping[str, Any]] | str | os.PathLike
 

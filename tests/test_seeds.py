@@ -11,6 +11,8 @@ import transformers
 
 from fxdelta import AdapterModel, AutoDeltaConfig, AutoDeltaModel, LoraModel, Visualization
 
+from zoo import T5_TINY
+
 
 def tiny_bart_classifier(seed=0):
     torch.manual_seed(seed)
@@ -173,17 +175,7 @@ def test_paper_figure_2_migration():
 def test_paper_figure_4_multitask_serving():
     """One backbone, three task deltas: attach, generate, detach, per request."""
     torch.manual_seed(0)
-    config = transformers.T5Config(
-        vocab_size=64,
-        d_model=32,
-        d_kv=8,
-        d_ff=48,
-        num_layers=2,
-        num_heads=4,
-        decoder_start_token_id=0,
-        pad_token_id=0,
-        eos_token_id=1,
-    )
+    config = transformers.T5Config(**T5_TINY)
     model = transformers.T5ForConditionalGeneration(config).eval()
     deltas = {}
     for task in ("spelling", "topic", "question"):

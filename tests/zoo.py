@@ -69,6 +69,17 @@ def _hf(config_cls: str, model_cls: str, **config: Any) -> Callable[[], nn.Modul
     return build
 
 
+# Tiny encoder-decoder configs, shared with the OpenDelta ports and the seed-page tests.
+T5_TINY = dict(
+    vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_heads=4,
+    decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
+)  # fmt: skip
+BART_TINY = dict(
+    vocab_size=VOCAB, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+    decoder_attention_heads=4, encoder_ffn_dim=48, decoder_ffn_dim=48, max_position_embeddings=64,
+    pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2,
+    forced_bos_token_id=None, forced_eos_token_id=None,
+)  # fmt: skip
 _COMMON = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48)
 _DECODER = dict(_COMMON, num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2)
 
@@ -148,15 +159,7 @@ ZOO: dict[str, ZooModel] = {
             _hf(
                 "T5Config",
                 "T5ForConditionalGeneration",
-                vocab_size=VOCAB,
-                d_model=32,
-                d_kv=8,
-                d_ff=48,
-                num_layers=2,
-                num_heads=4,
-                decoder_start_token_id=0,
-                pad_token_id=0,
-                eos_token_id=1,
+                **T5_TINY,
             ),
             _seq2seq,
             generates=True,
@@ -166,21 +169,7 @@ ZOO: dict[str, ZooModel] = {
             _hf(
                 "BartConfig",
                 "BartForConditionalGeneration",
-                vocab_size=VOCAB,
-                d_model=32,
-                encoder_layers=2,
-                decoder_layers=2,
-                encoder_attention_heads=4,
-                decoder_attention_heads=4,
-                encoder_ffn_dim=48,
-                decoder_ffn_dim=48,
-                max_position_embeddings=64,
-                pad_token_id=1,
-                bos_token_id=0,
-                eos_token_id=2,
-                decoder_start_token_id=2,
-                forced_bos_token_id=None,
-                forced_eos_token_id=None,
+                **BART_TINY,
             ),
             _seq2seq,
             generates=True,

@@ -75,7 +75,8 @@ class _Picker:
     def defaults(self, positions: Sequence[str]) -> list[str]:
         """The default positions' modules: a default selector this model variant lacks is skipped."""
         selectors = default_selectors(self.backbone, positions, self.config.delta_type)
-        present = [s for s in selectors if any(n and compile_pattern(s)(n) for n in self.names)]
+        predicates = {s: compile_pattern(s) for s in selectors}
+        present = [s for s, pred in predicates.items() if any(n and pred(n) for n in self.names)]
         if not present:
             raise SelectorError(
                 f"none of {self.config.delta_type}'s default positions {list(positions)} exists in this "

@@ -75,9 +75,8 @@ def load_finetuned(
     nothing: fxdelta reads local folders only. Other options (``example_inputs``, ``hooks_only``) go
     to the delta model.
     """
-    checkpoint.check_download_options(
-        {k: options.pop(k) for k in list(options) if k in checkpoint.DOWNLOAD_OPTIONS}, ""
-    )
+    for name in checkpoint.DOWNLOAD_OPTIONS & options.keys():  # they change nothing for a local folder
+        del options[name]
     saved = checkpoint.single_entry(finetuned_delta_path)["config"].get("delta_type")
     if expected is not None and saved != expected.delta_type:
         wanted = expected.__name__.removesuffix("Config") + "Model"

@@ -12,8 +12,6 @@ from fxdelta.core.errors import FxDeltaWarning, SelectorError
 from fxdelta.core.paths import delta_parameter_names
 from fxdelta.spec.selectors import Expand, compile_pattern, unmatched
 
-DEFAULT_UNFROZEN = ("deltas",)  # DeltaConfig.unfrozen_modules' default: freezing then keeps task heads too
-
 
 def warn_frozen_heads(backbone: nn.Module, heads: Sequence[str]) -> None:
     """A task head left frozen trains nothing and is not saved: say so, once per head."""

@@ -27,7 +27,7 @@ from fxdelta.inspect.graphs import show_graph
 from fxdelta.inspect.log import log, rewritten_graphs
 from fxdelta.io import checkpoint
 from fxdelta.methods.registry import METHODS, method_for
-from fxdelta.spec.config import DeltaConfig
+from fxdelta.spec.config import DEFAULT_UNFROZEN, DeltaConfig
 from fxdelta.spec.heads import task_heads
 from fxdelta.spec.method import Method
 from fxdelta.spec.structure import common_selectors
@@ -180,7 +180,7 @@ class DeltaModel(BackboneScope):
         within = self._backbone_or(module, "freeze_module")
         heads = task_heads(self.backbone) if within is self.backbone else []
         patterns = self.config.unfrozen_modules if exclude is None else exclude
-        default = exclude is None and tuple(patterns) == freeze.DEFAULT_UNFROZEN
+        default = exclude is None and tuple(patterns) == DEFAULT_UNFROZEN
         if default:  # the task heads train with the deltas (and are saved with them)
             patterns = [*patterns, *("re:" + re.escape(h) for h in heads)]
         names = backbone_module_names(within)

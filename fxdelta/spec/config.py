@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Literal
 from fxdelta.core.errors import CheckpointError, ConfigError, FxDeltaWarning
 from fxdelta.io import checkpoint
 
+DEFAULT_UNFROZEN = ("deltas",)  # what freezing keeps by default (with the task heads: deltas/freeze.py)
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 
 # OpenDelta options fxdelta has no counterpart for: accepted at the value meaning "as usual", else refused.
@@ -70,7 +71,7 @@ class DeltaConfig:
 
     modified_modules: tuple[str, ...] | None = None
     exclude_modules: tuple[str, ...] = ()
-    unfrozen_modules: tuple[str, ...] = ("deltas",)
+    unfrozen_modules: tuple[str, ...] = DEFAULT_UNFROZEN
     common_structure: bool = False
     name: str | None = None
 

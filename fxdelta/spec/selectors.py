@@ -92,7 +92,8 @@ def resolve(names: Sequence[str], pattern: str, expand: Expand | None = None, *,
         return direct
     via: set[str] = set()
     for selector in meaning:
-        via |= {n for n in names if n and compile_pattern(selector)(n)}
+        pred = compile_pattern(selector)
+        via |= {n for n in names if n and pred(n)}
     return via or direct
 
 

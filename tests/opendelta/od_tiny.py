@@ -12,7 +12,8 @@ import torch
 import transformers
 from torch import nn
 
-VOCAB = 64
+from zoo import BART_TINY, T5_TINY, VOCAB  # the suite's tiny configs (tests/zoo.py)
+
 SEQ = 6
 
 _ENCODER = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48)
@@ -28,55 +29,9 @@ _CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
         "DistilBertConfig",
         dict(vocab_size=VOCAB, dim=32, n_layers=2, n_heads=4, hidden_dim=48),
     ),
-    "T5": (
-        "T5Config",
-        dict(
-            vocab_size=VOCAB,
-            d_model=32,
-            d_kv=8,
-            d_ff=48,
-            num_layers=2,
-            num_heads=4,
-            decoder_start_token_id=0,
-            pad_token_id=0,
-            eos_token_id=1,
-        ),
-    ),
-    "LongT5": (
-        "LongT5Config",
-        dict(
-            vocab_size=VOCAB,
-            d_model=32,
-            d_kv=8,
-            d_ff=48,
-            num_layers=2,
-            num_heads=4,
-            decoder_start_token_id=0,
-            pad_token_id=0,
-            eos_token_id=1,
-            encoder_attention_type="transient-global",
-        ),
-    ),
-    "Bart": (
-        "BartConfig",
-        dict(
-            vocab_size=VOCAB,
-            d_model=32,
-            encoder_layers=2,
-            decoder_layers=2,
-            encoder_attention_heads=4,
-            decoder_attention_heads=4,
-            encoder_ffn_dim=48,
-            decoder_ffn_dim=48,
-            max_position_embeddings=64,
-            pad_token_id=1,
-            bos_token_id=0,
-            eos_token_id=2,
-            decoder_start_token_id=2,
-            forced_bos_token_id=None,
-            forced_eos_token_id=None,
-        ),
-    ),
+    "T5": ("T5Config", T5_TINY),
+    "LongT5": ("LongT5Config", dict(T5_TINY, encoder_attention_type="transient-global")),
+    "Bart": ("BartConfig", BART_TINY),
     "Blenderbot": (
         "BlenderbotConfig",
         dict(
