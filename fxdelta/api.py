@@ -13,11 +13,11 @@ from torch import nn
 
 from fxdelta.compiler.state import BackboneState
 from fxdelta.core.errors import ConfigError
+from fxdelta.deltas import saving
 from fxdelta.deltas.classes import model_class_for
 from fxdelta.deltas.handle import DeltaModel, discard
 from fxdelta.deltas.loading import load_deltas
 from fxdelta.inspect import graphs
-from fxdelta.io import checkpoint
 from fxdelta.methods.registry import config_from_dict
 from fxdelta.spec.config import DEFAULT_UNFROZEN, DeltaConfig
 
@@ -110,15 +110,10 @@ def delta_models(backbone: nn.Module) -> dict[str, DeltaModel]:
 def save(backbone: nn.Module, directory: str | os.PathLike) -> None:
     """Write one checkpoint folder holding every attached delta of ``backbone`` (or of the model a wrapper holds)."""
     backbone = backbone_of(backbone)
-    handles = [h for h in delta_models(backbone).values() if h.attached]
+    handles = saving.attached(BackboneState.find(backbone))
     if not handles:
         raise ConfigError(f"{type(backbone).__name__} has no attached deltas to save")
-    entries, tensors = [], {}
-    for h in handles:
-        entry, own = h.checkpoint_entry()
-        entries.append(entry)
-        tensors.update(own)
-    checkpoint.write(directory, backbone, entries, tensors)
+    saving.save_attached(backbone, handles, directory)
 
 
 def load(backbone: nn.Module, directory: str | os.PathLike, **options: Any) -> nn.Module:

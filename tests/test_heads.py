@@ -79,3 +79,81 @@ def test_compile_honours_the_specs_unfrozen_modules():
         fxdelta.compile(model, {"delta_type": "lora", "unfrozen_modules": ["deltas", "LayerNorm"]}, freeze=True)
     assert "classifier.weight" not in trainable(model)  # as given
     assert "bert.embeddings.LayerNorm.weight" in trainable(model)
+
+
+def _train_a_task(model, name, seed):
+    fxdelta.compile(model, {"delta_type": "lora", "name": name})
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p))  # the delta and the head both move
+    return model(input_ids=IDS).logits
+
+
+def test_each_delta_owns_its_head_and_attach_detach_switch_it(tmp_path):
+    model = classifier()
+    base = model(input_ids=IDS).logits
+    base_head = model.classifier.weight
+    logits_a = _train_a_task(model, "taskA", 1)
+    fxdelta.save(model, tmp_path / "a")
+    a = fxdelta.delta_models(model)["taskA"]
+    a.detach()
+    assert model.classifier.weight is base_head and torch.equal(model(input_ids=IDS).logits, base)
+    logits_b = _train_a_task(model, "taskB", 2)
+    fxdelta.save(model, tmp_path / "b")
+    b = fxdelta.delta_models(model)["taskB"]
+    assert not torch.allclose(logits_a, logits_b)
+    b.detach()
+    a.attach()
+    assert torch.equal(model(input_ids=IDS).logits, logits_a)
+    with pytest.raises(fxdelta.StateError, match="one head at a time"):
+        b.attach()
+    assert not b.attached and torch.equal(model(input_ids=IDS).logits, logits_a)  # the refusal changed nothing
+    a.detach()
+    b.attach()
+    assert torch.equal(model(input_ids=IDS).logits, logits_b)
+    b.detach()
+    assert model.classifier.weight is base_head and torch.equal(model(input_ids=IDS).logits, base)
+
+    fresh = classifier()
+    fxdelta.load(fresh, tmp_path / "a")
+    assert torch.equal(fresh(input_ids=IDS).logits, logits_a)
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    with pytest.raises(fxdelta.StateError, match="one head at a time"):
+        fxdelta.load(fresh, tmp_path / "b")  # task A's head is in use
+    assert before.keys() == fresh.state_dict().keys()
+    assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in before.items())
+    fxdelta.delta_models(fresh)["taskA"].detach()
+    fxdelta.load(fresh, tmp_path / "b")
+    assert torch.equal(fresh(input_ids=IDS).logits, logits_b)
+
+
+def test_deltas_compiled_together_train_and_save_one_head(tmp_path):
+    model = classifier()
+    fxdelta.compile(model, [{"delta_type": "lora"}, {"delta_type": "bitfit"}])
+    lora, bitfit = fxdelta.delta_models(model).values()
+    assert lora.heads is bitfit.heads and model.classifier.weight is lora.heads["classifier.weight"]
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p))
+    expected = model(input_ids=IDS).logits
+    bitfit.detach()  # the head stays: lora shares it
+    assert model.classifier.weight is lora.heads["classifier.weight"]
+    bitfit.attach()
+    fxdelta.save(model, tmp_path / "both")
+    fresh = classifier()
+    fxdelta.load(fresh, tmp_path / "both")
+    assert torch.equal(fresh(input_ids=IDS).logits, expected)
+
+
+def test_a_head_copy_follows_the_backbone_to_another_dtype():
+    model = classifier()
+    handle = LoraModel(model)
+    handle.detach()
+    model.to(torch.float64)
+    handle.attach()
+    assert model.classifier.weight.dtype == torch.float64 and handle.heads["classifier.weight"].dtype == torch.float64
+    handle.detach()
+    assert model.classifier.weight.dtype == torch.float64

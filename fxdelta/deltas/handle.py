@@ -21,7 +21,7 @@ from fxdelta.compiler.install import apply, match_backbone
 from fxdelta.compiler.state import BackboneState
 from fxdelta.core.errors import ConfigError, FxDeltaError, UnsupportedModelError
 from fxdelta.core.paths import backbone_module_names
-from fxdelta.deltas import freeze, saving
+from fxdelta.deltas import freeze, heads, pretrained, saving
 from fxdelta.deltas.scope import BackboneScope
 from fxdelta.inspect.graphs import show_graph
 from fxdelta.inspect.log import log, rewritten_graphs
@@ -69,14 +69,17 @@ class DeltaModel(BackboneScope):
             )
             self.targets, self.sources, self.entries = built.targets, built.sources, built.entries
             self._state.handles.append(self)
+            pretrained.install(backbone_model)  # save_pretrained (Trainer.save_model) writes the deltas
             self._unfrozen: list[str] = []  # backbone parameters freeze_module() left trainable
             self._trims_state_dict = False  # freeze_module(set_state_dict=True), in effect while attached
             self._state_dict_hook: Any = None
+            self.heads: heads.HeadSet | None = None  # this delta's own task-head parameters (deltas/heads.py)
             self.attached = False
             if attach:
                 self.attach()
         except BaseException:
             self._state.forget(self)
+            pretrained.uninstall_if_unused(backbone_model)
             raise
 
     @property
@@ -108,6 +111,12 @@ class DeltaModel(BackboneScope):
             match_backbone(self.backbone, self.entries)
             others = [e for e in self._state.active if e.name != self.name]
             apply(self._state, others + self.entries)
+            try:
+                with self._state.gate.changing():  # no forward sees a half-swapped head
+                    self.heads = heads.on_attach(self._state, self.heads, self._attached_heads())
+            except BaseException:
+                apply(self._state, others)
+                raise
             self.attached = True
             self._sync_state_dict_hook()
         return self
@@ -118,8 +127,13 @@ class DeltaModel(BackboneScope):
         if self.attached:
             apply(self._state, [e for e in self._state.active if e.name != self.name])
             self.attached = False
+            with self._state.gate.changing():
+                heads.on_detach(self._state, self.heads, self._attached_heads())
             self._sync_state_dict_hook()  # the bare backbone's state_dict is whole again
         return self
+
+    def _attached_heads(self) -> list[heads.HeadSet | None]:
+        return [h.heads for h in self._state.handles if isinstance(h, DeltaModel) and h.attached and h is not self]
 
     def _sync_state_dict_hook(self) -> None:
         wanted = self._trims_state_dict and self.attached
@@ -246,27 +260,8 @@ class DeltaModel(BackboneScope):
         return self
 
     def checkpoint_entry(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-        """This delta's checkpoint record and tensors (deltas plus backbone tensors it unfroze).
-
-        Methods that train through something they merge away save what it produces (prefix tuning
-        saves the prefixes, not its MLP), with the matching config.
-        """
-        tensors = {
-            f"{e.qualified_name}.{k}": v.detach()
-            for e in self.entries
-            for k, v in self.method.state_of(e.delta).items()
-        }
-        backbone_params = dict(self.backbone.named_parameters())
-        unfrozen = [n for n in self._unfrozen if n in backbone_params and backbone_params[n].requires_grad]
-        tensors.update((n, backbone_params[n].detach()) for n in unfrozen)
-        entry = {
-            "name": self.name,
-            "config": self.config.exported().to_dict(),
-            "targets": list(self.targets),
-            "sources": list(self.sources),
-            "unfrozen": unfrozen,
-        }
-        return entry, tensors
+        """This delta's checkpoint record and tensors (its own, its task heads, backbone tensors left trainable)."""
+        return saving.checkpoint_entry(self)
 
     def save_finetuned(
         self,
@@ -294,3 +289,4 @@ def discard(handle: DeltaModel) -> None:
     state = BackboneState.find(handle.backbone)
     if state is not None:
         state.forget(handle)
+    pretrained.uninstall_if_unused(handle.backbone)

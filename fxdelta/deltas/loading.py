@@ -13,6 +13,7 @@ from torch import nn
 from fxdelta.compiler.state import BackboneState
 from fxdelta.core.entries import DELTA_NAMESPACE
 from fxdelta.core.errors import CheckpointError, FxDeltaError, UnsupportedModelError
+from fxdelta.deltas import heads
 from fxdelta.deltas.handle import DeltaModel, discard
 from fxdelta.io import checkpoint
 from fxdelta.methods.registry import config_from_dict, method_for
@@ -52,6 +53,8 @@ def load_deltas(
     handles: list[DeltaModel] = []
     restore: dict[str, Any] = {}
     used: set[str] = set()
+    head_names = set(heads.head_parameter_names(backbone))
+    loaded_heads: heads.HeadSet | None = None  # the deltas of one checkpoint share the head it holds
     try:
         for entry in meta["deltas"]:
             handle = _build_detached(entry, backbone, make, options, directory, handles)
@@ -61,8 +64,12 @@ def load_deltas(
                 if name not in params or name not in tensors or params[name].shape != tensors[name].shape:
                     raise CheckpointError(f"{directory}: backbone tensor {name!r} is missing or has the wrong shape")
                 _check_dtype(directory, name, tensors[name], params[name])
-                restore[name] = params[name].detach().clone()
                 used.add(name)
+                if name not in head_names:
+                    restore[name] = params[name].detach().clone()
+            if head_names & set(entry.get("unfrozen", [])):
+                loaded_heads = loaded_heads or _heads_from(handle, tensors)
+                handle.heads = loaded_heads
         extra = sorted(set(tensors) - used)
         if extra and not given:
             raise CheckpointError(
@@ -80,6 +87,19 @@ def load_deltas(
             params[name].data.copy_(value)
         raise
     return handles
+
+
+def _heads_from(handle: DeltaModel, tensors: Mapping[str, torch.Tensor]) -> heads.HeadSet | None:
+    """A new copy of the backbone's task heads holding the checkpoint's head tensors (the rest as the backbone's)."""
+    slots = heads.slots_of(handle._state)
+    if slots is None:
+        return None
+    own = slots.fresh_copy()
+    with torch.no_grad():
+        for name, p in own.items():
+            if name in tensors:
+                p.copy_(tensors[name])
+    return own
 
 
 def _use_config(meta: dict[str, Any], config: DeltaConfig, directory: Any) -> None:

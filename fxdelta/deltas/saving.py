@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
 import torch
+from torch import nn
 
 from fxdelta.core.errors import CheckpointError, ConfigError, FxDeltaError
+from fxdelta.core.paths import delta_parameter_names
+from fxdelta.io import checkpoint
 
 # Options that only describe an upload (OpenDelta's Delta Center and Hub pushes).
 PUSH_OPTIONS = frozenset(
@@ -51,3 +55,60 @@ def chosen_tensors(
     if wrong:
         raise CheckpointError(f"state_dict tensors {wrong[:3]} are not tensors of the delta's shapes")
     return {k: given[k].detach() for k in live}
+
+
+def checkpoint_entry(handle: Any, *, all_trainable: bool = False) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """A delta's checkpoint record and tensors: its delta tensors (what its method exports: prefix tuning
+    saves the prefixes, not its MLP, with the matching config), and the backbone parameters ``freeze_module``
+    left trainable (its own copy of a task head among them). ``all_trainable=True`` (the Trainer's
+    ``save_pretrained`` path: the Trainer trains every parameter that requires grad) takes every trainable
+    backbone parameter of an attached delta instead, so no trained tensor is left out."""
+    tensors = {
+        f"{e.qualified_name}.{k}": v.detach()
+        for e in handle.entries
+        for k, v in handle.method.state_of(e.delta).items()
+    }
+    deltas = delta_parameter_names(handle.backbone)
+    params = {n: p for n, p in handle.backbone.named_parameters() if n not in deltas}
+    if handle.attached and all_trainable:
+        chosen = [n for n, p in params.items() if p.requires_grad]
+    else:  # detached, the backbone's trainable tensors may be another delta's: only those this one unfroze
+        chosen = list(handle._unfrozen)
+    own = {**params, **(handle.heads or {})}  # its task heads are its own copies, whether attached or not
+    unfrozen = sorted(n for n in chosen if n in own and own[n].requires_grad)
+    tensors.update((n, own[n].detach()) for n in unfrozen)
+    entry = {
+        "name": handle.name,
+        "config": handle.config.exported().to_dict(),
+        "targets": list(handle.targets),
+        "sources": list(handle.sources),
+        "unfrozen": unfrozen,
+    }
+    return entry, tensors
+
+
+def attached(state: Any) -> list[Any]:
+    """The attached delta models of a backbone's state (None: no state), in creation order."""
+    return [h for h in state.handles if getattr(h, "attached", False) and hasattr(h, "entries")] if state else []
+
+
+def save_attached(
+    backbone: nn.Module,
+    handles: list[Any],
+    directory: str | os.PathLike,
+    state_dict: Mapping[str, torch.Tensor] | None = None,
+    *,
+    all_trainable: bool = False,
+    stale: tuple[str, ...] = (),
+) -> None:
+    """Write one checkpoint of ``handles`` (attached deltas of ``backbone``); ``state_dict`` gives the values
+    (it must hold every key saved); ``stale`` (the ``save_pretrained`` path): write beside other files, and
+    remove those matching these patterns."""
+    entries, tensors = [], {}
+    for h in handles:
+        entry, own = checkpoint_entry(h, all_trainable=all_trainable)
+        entries.append(entry)
+        tensors.update(own)
+    if state_dict is not None:
+        tensors = chosen_tensors(tensors, state_dict, True, None, False, {})
+    checkpoint.write(directory, backbone, entries, tensors, beside_others=bool(stale), stale=stale)

@@ -16,7 +16,7 @@ import functools
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -122,3 +122,33 @@ def _swap_aside(staging: Path, target: Path) -> None:
 def interrupted_saves(target: Path) -> list[Path]:
     """Old contents a save moved aside and did not get to remove (a crash in the fallback swap)."""
     return sorted(target.parent.glob(f".{target.name}.old-*")) if target.parent.is_dir() else []
+
+
+def write_into_folder(
+    target: Path, fill: Callable[[Path], None], *, names: Sequence[str], stale: Sequence[str] = (), what: str
+) -> None:
+    """Write the files ``names`` (as ``fill(folder)`` makes them) into the folder ``target``, beside what else
+    it holds (a Trainer's output folder), each replaced in one step, in the order given (the file that says
+    what the others are goes last); then remove the files matching the glob patterns ``stale``."""
+    if target.exists() and not target.is_dir():
+        raise CheckpointError(f"{str(target)!r} is a file; save the {what} into a folder")
+    staging: Path | None = None
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".fxdelta-tmp-", dir=target))
+        fill(staging)
+        _settle(staging)
+        for name in names:
+            os.replace(staging / name, target / name)
+        for pattern in stale:
+            for old in target.glob(pattern):
+                old.unlink()
+        with contextlib.suppress(OSError):
+            _fsync(target)
+    except CheckpointError:
+        raise
+    except (OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"could not write the {what} into {str(target)!r}: {e}") from e
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)

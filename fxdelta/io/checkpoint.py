@@ -19,7 +19,7 @@ from torch import nn
 
 from fxdelta.core.errors import CheckpointError
 from fxdelta.core.paths import delta_parameter_names
-from fxdelta.io.atomic import interrupted_saves, replace_folder
+from fxdelta.io.atomic import interrupted_saves, replace_folder, write_into_folder
 
 TENSORS_FILE = "delta.safetensors"
 CONFIG_FILE = "delta_config.json"
@@ -37,9 +37,17 @@ def fingerprint(backbone: nn.Module) -> str:
 
 
 def write(
-    directory: str | os.PathLike, backbone: nn.Module, deltas: list[dict[str, Any]], tensors: dict[str, torch.Tensor]
+    directory: str | os.PathLike,
+    backbone: nn.Module,
+    deltas: list[dict[str, Any]],
+    tensors: dict[str, torch.Tensor],
+    *,
+    beside_others: bool = False,
+    stale: tuple[str, ...] = (),
 ) -> None:
-    """Write (or replace, in one step) the checkpoint folder ``directory``."""
+    """Write (or replace, in one step) the checkpoint folder ``directory``. ``beside_others=True`` writes
+    the two files into a folder that holds other things too (a Trainer's output), each file in one step,
+    and then removes the files matching ``stale`` (an earlier full model's weights)."""
     from safetensors.torch import save_file
 
     if not isinstance(directory, (str, os.PathLike)):
@@ -58,7 +66,11 @@ def write(
         save_file(arrays, str(folder / TENSORS_FILE), metadata={"format": "pt"})
         (folder / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
-    replace_folder(Path(directory), fill, allowed=(TENSORS_FILE, CONFIG_FILE), what="delta checkpoint")
+    names = (TENSORS_FILE, CONFIG_FILE)  # the config last: it says what the tensors are
+    if beside_others:
+        write_into_folder(Path(directory), fill, names=names, stale=stale, what="delta checkpoint")
+    else:
+        replace_folder(Path(directory), fill, allowed=names, what="delta checkpoint")
 
 
 def read_meta(directory: str | os.PathLike) -> dict[str, Any]:
