@@ -13,6 +13,7 @@ from torch import nn
 
 from fxdelta.compiler.state import BackboneState
 from fxdelta.core.errors import ConfigError
+from fxdelta.core.precision import dtype_name
 from fxdelta.deltas import saving
 from fxdelta.deltas.classes import model_class_for
 from fxdelta.deltas.handle import DeltaModel, discard
@@ -42,6 +43,19 @@ def _configs(spec: Spec) -> list[DeltaConfig]:
     return [s if isinstance(s, DeltaConfig) else config_from_dict(s) for s in spec]
 
 
+def _with_dtype(configs: list[DeltaConfig], delta_dtype: str | torch.dtype | None) -> list[DeltaConfig]:
+    if delta_dtype is None:
+        return configs
+    wanted = dtype_name("fxdelta.compile", delta_dtype)  # checked, and named as configs record it
+    for c in configs:
+        if c.delta_dtype not in (None, wanted):
+            raise ConfigError(
+                f"compile(delta_dtype={wanted!r}) and the {c.delta_type} delta's own delta_dtype={c.delta_dtype!r} "
+                f"disagree; give one of them"
+            )
+    return [c.replace(delta_dtype=wanted) for c in configs]
+
+
 def _wrapper_types() -> tuple[type, ...]:
     """Modules that wrap a model and hold it as an attribute: DataParallel, DDP, FSDP (1), torch.compile."""
     kinds: list[type] = [nn.DataParallel, nn.parallel.DistributedDataParallel]
@@ -68,7 +82,13 @@ def backbone_of(model: nn.Module) -> nn.Module:
 
 
 def compile(
-    backbone: nn.Module, spec: Spec, *, freeze: bool = True, example_inputs: Any = None, hooks_only: bool = False
+    backbone: nn.Module,
+    spec: Spec,
+    *,
+    freeze: bool = True,
+    example_inputs: Any = None,
+    hooks_only: bool = False,
+    delta_dtype: str | torch.dtype | None = None,
 ) -> nn.Module:
     """Patch ``backbone`` in place with the deltas of ``spec`` and return it.
 
@@ -79,8 +99,10 @@ def compile(
     the state_dict stays whole. ``freeze=False`` leaves every parameter as it was.
     The delta models are available from ``fxdelta.delta_models(backbone)``. A DDP or
     ``torch.compile`` wrapper is looked through (the model inside is patched).
+    ``delta_dtype`` sets ``DeltaConfig.delta_dtype`` for every delta of ``spec`` that leaves it unset
+    (default: float32 deltas on float16/bfloat16 modules, the module's own dtype elsewhere).
     """
-    configs = _configs(spec)
+    configs = _with_dtype(_configs(spec), delta_dtype)
     outer, backbone = backbone, backbone_of(backbone)
     handles: list[DeltaModel] = []
     try:

@@ -55,7 +55,9 @@ def test_show_graph_prints_code_and_nodes():
     text = out.getvalue()
     # c_fc sits inside GPT2MLP, which traces: the region's own graph is shown, with the delta in it
     assert "traced region on transformer.h.0.mlp (GPT2MLP)" in text
-    assert "self.c_fc.deltas.adapter(c_fc)" in text
+    # the delta is called in its own dtype, its result added to c_fc's output (fxdelta.core.precision.run)
+    assert "c_fc_deltas_adapter_1 = self.c_fc.deltas.adapter" in text
+    assert "fxdelta_core_precision_run(c_fc_deltas_adapter_1, c_fc, c_fc)" in text
     assert "c_fc_deltas_adapter" in text and "(1, 8, 128)" in text  # node table with FakeTensor shapes
     with pytest.raises(fxdelta.SelectorError, match="no attached delta"):
         fxdelta.show_graph(model, "transformer.h.0.attn", file=out)
@@ -68,12 +70,13 @@ def test_rewritten_graph_routes_through_the_delta():
     assert set(graphs) == {"model.layers.0.mlp", "model.layers.1.mlp"}
     gm = graphs["model.layers.0.mlp"]
     g = to_networkx(gm)
-    delta = next(n for n, d in g.nodes(data=True) if d["target"] == "up_proj.deltas.lora")
+    module = next(n for n, d in g.nodes(data=True) if d["target"] == "up_proj.deltas.lora")
+    (delta,) = g.successors(module)  # its call, in its own dtype (fxdelta.core.precision.run)
     placeholder = next(n for n, d in g.nodes(data=True) if d["op"] == "placeholder")
     # parallel route: the delta reads the MLP's input and feeds the output
     assert nx.has_path(g, placeholder, delta) and nx.has_path(g, delta, "output")
     rows = {r["name"]: r for r in graph_nodes(gm)}
-    assert rows[delta]["op"] == "call_module"
+    assert rows[delta]["op"] == "call_function" and rows[delta]["target"] == "run"
 
 
 def test_save_and_load_every_attached_delta(tmp_path):

@@ -200,9 +200,9 @@ def test_tensors_that_would_change_on_load_are_refused(tmp_path, dtype):
 
 
 def test_a_narrower_float_is_refused(tmp_path):
-    folder = _saved(tmp_path)  # float32
-    fresh = ZOO["bert"].build().to(torch.float16)
-    with pytest.raises(CheckpointError, match=r"saved as torch\.float32 but the delta holds torch\.float16"):
+    folder = _saved(tmp_path, ZOO["bert"].build().to(torch.float64))
+    fresh = ZOO["bert"].build().to(torch.float16)  # whose deltas are float32 (delta_dtype=None)
+    with pytest.raises(CheckpointError, match=r"saved as torch\.float64 but the delta holds torch\.float32"):
         fxdelta.load(fresh, folder)
     assert fxdelta.delta_models(fresh) == {}
 

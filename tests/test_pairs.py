@@ -31,9 +31,10 @@ def test_pair_inside_a_region_is_one_edge():
     assert handle.sources == ["transformer.h.0.mlp.c_fc", "transformer.h.1.mlp.c_fc"]
     gm = handle.rewritten_graphs()["transformer.h.0.mlp"]
     g = to_networkx(gm)
-    delta = next(n for n, d in g.nodes(data=True) if d["target"] == "c_proj.deltas.parallel_adapter")
-    (reads,) = g.predecessors(delta)
-    assert g.nodes[reads]["op"] == "placeholder"  # the MLP's input, which is c_fc's input
+    module = next(n for n, d in g.nodes(data=True) if d["target"] == "c_proj.deltas.parallel_adapter")
+    (delta,) = g.successors(module)  # run(delta, c_proj's output it joins, the input it reads)
+    call = next(n for n in gm.graph.nodes if n.name == delta)
+    assert call.args[2].op == "placeholder"  # the MLP's input, which is c_fc's input
     assert kinds(model) == {SiteKind.TRACED_REGION}
 
 

@@ -18,6 +18,7 @@ from fxdelta.compiler.select import Pair, select_targets
 from fxdelta.compiler.state import BackboneState
 from fxdelta.core.entries import Entry
 from fxdelta.core.errors import ConfigError, SelectorError, UnsupportedModelError
+from fxdelta.core.precision import own_parameter
 from fxdelta.spec.config import DeltaConfig
 from fxdelta.spec.method import Method, TargetInfo
 
@@ -73,6 +74,7 @@ def build_entries(
                 source=source,
                 plan_sites=method.plan_sites,
                 probed=info.probed,
+                backbone_dtype=getattr(own_parameter(info.module), "dtype", None),
             )
         )
     if method.link is not None and entries:
@@ -128,7 +130,9 @@ def _target_info(
             f"{source or target} takes no floating-point hidden state as first argument or 'hidden_states', "
             f"which {config.delta_type} needs"
         )
-    return TargetInfo(path=target, module=modules[target], h_in=h_in, h_out=h_out, probed=probed)
+    return TargetInfo(
+        path=target, module=modules[target], h_in=h_in, h_out=h_out, probed=probed, delta_dtype=config.delta_dtype
+    )
 
 
 def _not_observed(state: BackboneState, target: str) -> str:

@@ -16,6 +16,7 @@ from torch import nn
 from fxdelta.compiler.plan import Planner
 from fxdelta.compiler.state import BackboneState
 from fxdelta.core.entries import DELTA_NAMESPACE, DeltaContainer, Entry
+from fxdelta.core.precision import own_parameter
 from fxdelta.sites.base import Site
 
 
@@ -106,14 +107,16 @@ def register(modules: Mapping[str, nn.Module], old: list[Entry], new: list[Entry
 
 def match_backbone(backbone: nn.Module, entries: Sequence[Entry]) -> None:
     """Make deltas about to be attached follow what happened to the backbone while they were out (or
-    before they existed): ``.to(device/dtype)`` calls and the train/eval mode."""
+    before they existed): ``.to(device)`` calls, ``.to(dtype)`` calls (which cast attached deltas too; a
+    delta kept in its own dtype on an unchanged backbone keeps it) and the train/eval mode."""
     modules = dict(backbone.named_modules())
     for e in entries:
         target = modules[e.target]
-        own = (
-            p for n, p in target.named_parameters() if p.is_floating_point() and not n.startswith(f"{DELTA_NAMESPACE}.")
-        )
-        ref = next(own, None)
+        ref = own_parameter(target)
         if ref is not None:
-            e.delta.to(device=ref.device, dtype=ref.dtype)
+            if e.backbone_dtype is not None and e.backbone_dtype != ref.dtype:
+                e.delta.to(device=ref.device, dtype=ref.dtype)
+            else:
+                e.delta.to(device=ref.device)
+            e.backbone_dtype = ref.dtype
         e.delta.train(target.training)

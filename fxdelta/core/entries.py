@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
 from fxdelta.core.routes import Route
@@ -49,6 +50,7 @@ class Entry:
     source: str | None = None
     plan_sites: SitePlanner | None = None
     probed: Any = None
+    backbone_dtype: torch.dtype | None = None
 
     @property
     def reads(self) -> str:

@@ -44,7 +44,8 @@ class DoraDelta(LoraDelta):
         super().__init__(weight.shape[1], weight.shape[0], config, dtype=dtype, device=device)
         object.__setattr__(self, "_layer", layer)  # not a submodule: its weights stay the backbone's
         with torch.no_grad():
-            self.magnitude = nn.Parameter(weight.detach().norm(dim=1).to(dtype=dtype or weight.dtype))  # (out,)
+            # The norm in the delta's dtype, as forward computes it: the patch starts as an exact identity.
+            self.magnitude = nn.Parameter(weight.detach().to(dtype=dtype or weight.dtype).norm(dim=1))  # (out,)
 
     def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:  # type: ignore[override]  # in-out route
         weight = _weight(self._layer)

@@ -189,12 +189,12 @@ def build(config: SoftPromptConfig, target: TargetInfo) -> SoftPromptDelta:
     if config.token_init is False:
         g = torch.Generator().manual_seed(0)
         weight = (torch.rand(config.soft_token_num, embedding.embedding_dim, generator=g) * 2 - 1) * config.init_range
-        weight = weight.to(embedding.weight.dtype).to(embedding.weight.device)
+        weight = weight.to(embedding.weight.device)
     else:
         ids = initial_ids(config, embedding.num_embeddings, set(site.special_ids))
         with torch.no_grad():  # through the module: BART's scaled embedding multiplies by embed_scale
             weight = embedding(ids.to(embedding.weight.device)).detach().clone()
-    return SoftPromptDelta(weight, pool_real_cls=config.pool_real_cls)
+    return SoftPromptDelta(weight.to(target.dtype), pool_real_cls=config.pool_real_cls)
 
 
 def _locate(backbone: nn.Module) -> str:

@@ -6,7 +6,8 @@ Two shapes of site share this code:
 - an *opaque* site: a single-tensor target wrapped as one ``call_module`` node (``original``,
   the module's forward as it was) in a tiny graph.
 
-The rewritten graph is compiled by fx into Python code and bound as an instance ``forward`` on
+Each delta node calls ``fxdelta.core.precision.run`` (the delta in its own dtype, its result in the
+hidden state's). The rewritten graph is compiled by fx into Python code and bound as an instance ``forward`` on
 the user's own module object: its class, methods and state_dict keys do not change, and
 uninstalling restores exactly the forward that was there before.
 """
@@ -25,6 +26,7 @@ from torch import nn
 from fxdelta.core.entries import DELTA_NAMESPACE, Entry
 from fxdelta.core.errors import FxDeltaError, StateError
 from fxdelta.core.paths import relative
+from fxdelta.core.precision import run
 from fxdelta.core.routes import Route
 from fxdelta.passes import insert_in_out, insert_input, insert_output, insert_parallel
 from fxdelta.sites.base import SiteKind, entry_ids
@@ -102,6 +104,17 @@ def opaque_graph(module: nn.Module) -> fx.Graph:
     return graph
 
 
+def _in_own_dtype(graph: fx.Graph, add: fx.Node) -> None:
+    """Turn the delta call a pass just made, ``add = h + delta(*xs)``, into ``h + run(delta, h, *xs)``
+    (``fxdelta.core.precision.run``: the delta computes in its own dtype and returns ``h``'s)."""
+    h, call = cast(tuple[fx.Node, fx.Node], add.args)
+    with graph.inserting_before(call):
+        module = graph.get_attr(cast(str, call.target))
+        new = graph.call_function(run, (module, h, *call.args), name=call.name)
+    call.replace_all_uses_with(new)
+    graph.erase_node(call)
+
+
 class GraphSite:
     """Deltas inside one region (or around one opaque module), as one rewritten fx graph.
 
@@ -159,6 +172,7 @@ class GraphSite:
                     h_in = cur[0] if entry.source is None else current(self._nodes(graph, entry.source)[0])[0]
                     insert = insert_in_out if entry.route is Route.IN_OUT else insert_parallel
                     cur[1] = insert(graph, h_in, cur[1], delta)
+                _in_own_dtype(graph, cur[0] if entry.route is Route.INPUT else cur[1])
         graph.lint()
         root = self._root()
         return fx.GraphModule(root, graph, class_name=type(self.module).__name__ + "Patched")

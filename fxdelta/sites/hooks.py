@@ -3,6 +3,7 @@
 Used for modules that take several arguments or return tuples (attention blocks, layers, the
 ``hidden_states=`` keyword), and for modules their parent only calls when hooks are present.
 ``h_in`` and ``h_out`` follow ``fxdelta.core.calls``; everything else passes through untouched.
+Deltas are called through ``fxdelta.core.precision.run`` (in their own dtype, back in the module's).
 The numbers equal the graph path's (tests/test_parity.py keeps them equal).
 """
 
@@ -16,6 +17,7 @@ from torch import nn
 from fxdelta.core.calls import OutKind, first_hidden, first_param_name, hidden_slot, repack, replace_slot
 from fxdelta.core.entries import Entry
 from fxdelta.core.errors import StateError
+from fxdelta.core.precision import run
 from fxdelta.core.routes import Route
 from fxdelta.sites.base import HookedSite, SiteKind, entry_ids
 from fxdelta.sites.carrier import InputCarrier
@@ -55,7 +57,7 @@ class HookSite(HookedSite):
         h = args[slot] if isinstance(slot, int) else kwargs[slot]
         for entry in self.entries:
             if entry.route is Route.INPUT:
-                h = h + entry.delta(h)
+                h = h + run(entry.delta, h, h)
         return replace_slot(args, kwargs, slot, h)
 
     def _post_hook(self, module: nn.Module, args: tuple, kwargs: dict, out: Any):
@@ -71,14 +73,14 @@ class HookSite(HookedSite):
             if entry.route is Route.INPUT:
                 continue  # applied by the pre-hook
             if entry.route is Route.OUTPUT:
-                h = h + entry.delta(h)
+                h = h + run(entry.delta, h, h)
             elif entry.source is not None:
-                h = h + entry.delta(carried[entry.source])
+                h = h + run(entry.delta, h, carried[entry.source])
             else:
                 if h_in is None:
                     slot = self._slot(args, kwargs)
                     h_in = args[slot] if isinstance(slot, int) else kwargs[slot]
-                h = h + (entry.delta(h_in, h) if entry.route is Route.IN_OUT else entry.delta(h_in))
+                h = h + (run(entry.delta, h, h_in, h) if entry.route is Route.IN_OUT else run(entry.delta, h, h_in))
         return repack(out, kind, h)
 
     @property

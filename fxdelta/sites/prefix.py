@@ -80,7 +80,8 @@ class PrefixAttentionSite(HookedSite):
         return (PrefixAttentionSite, self.path, entry_ids(self.entries))
 
     def kv(self, layer_idx: int | None, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        parts = [d(key, value) for d in _deltas(self.entries)]  # each (B, heads, P_i, head_dim)
+        # each (B, heads, P_i, head_dim), in the attention's dtype whatever the delta's
+        parts = [(k.to(key.dtype), v.to(value.dtype)) for k, v in (d(key, value) for d in _deltas(self.entries))]
         if len(parts) == 1:
             return parts[0]
         return torch.cat([k for k, _ in parts], dim=-2), torch.cat([v for _, v in parts], dim=-2)

@@ -80,7 +80,7 @@ class SoftPromptSite(HookedSite):
         return (SoftPromptSite, self.path, entry_ids(self.entries))
 
     def _soft(self, batch: int, dtype: torch.dtype) -> torch.Tensor:
-        parts = [d(batch, dtype) for d in self.deltas]
+        parts = [d(batch, dtype).to(dtype) for d in self.deltas]  # in the embeddings' dtype, whatever the delta's
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)  # (B, N, d)
 
     def _pre_hook(self, module: nn.Module, args: tuple, kwargs: dict):

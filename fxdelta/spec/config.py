@@ -16,7 +16,10 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
+import torch
+
 from fxdelta.core.errors import CheckpointError, ConfigError, FxDeltaWarning
+from fxdelta.core.precision import dtype_name
 from fxdelta.io import checkpoint
 
 DEFAULT_UNFROZEN = ("deltas",)  # what freezing keeps by default (with the task heads: deltas/freeze.py)
@@ -65,6 +68,10 @@ class DeltaConfig:
       ``layer_norm``; OpenDelta's flag). Without it a selector that names no module is read so anyway.
     - ``name``: the delta's name on the backbone (state_dict keys ``<target>.deltas.<name>.*``);
       ``None`` picks ``delta_type`` plus a counter if taken.
+    - ``delta_dtype``: the dtype the delta's tensors are kept and computed in (``"float32"``, ``torch.bfloat16``,
+      ...; recorded by name). ``None``, the default, is PEFT's default: float32 on modules in float16/bfloat16,
+      the module's own dtype otherwise. The delta's inputs are cast to its dtype and its output back to the
+      module's, so the backbone computes in its own dtype as before; identity at init stays exact.
     """
 
     delta_type: ClassVar[str] = ""
@@ -74,9 +81,11 @@ class DeltaConfig:
     unfrozen_modules: tuple[str, ...] = DEFAULT_UNFROZEN
     common_structure: bool = False
     name: str | None = None
+    delta_dtype: str | torch.dtype | None = None  # recorded as its name ("float32")
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
+        object.__setattr__(self, "delta_dtype", dtype_name(owner, self.delta_dtype))
         for field in ("modified_modules", "exclude_modules", "unfrozen_modules"):
             value = _as_str_tuple(owner, field, getattr(self, field))
             if value is None and field != "modified_modules":

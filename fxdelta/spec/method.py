@@ -17,6 +17,7 @@ from torch import nn
 
 from fxdelta.core.entries import SitePlanner
 from fxdelta.core.errors import ConfigError, UnsupportedModelError
+from fxdelta.core.precision import resolve
 from fxdelta.core.records import TensorSpec
 from fxdelta.core.routes import Route
 from fxdelta.spec.config import DeltaConfig
@@ -39,6 +40,7 @@ class TargetInfo:
     h_in: TensorSpec | None
     h_out: TensorSpec
     probed: Any = None  # what the method's own probe found at this target
+    delta_dtype: str | torch.dtype | None = None  # the config's: None is float32 on half-precision targets
 
     @property
     def feature_axis(self) -> int:
@@ -56,6 +58,12 @@ class TargetInfo:
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype to build the delta in (``DeltaConfig.delta_dtype`` for this target)."""
+        return resolve(self.delta_dtype, self.target_dtype)
+
+    @property
+    def target_dtype(self) -> torch.dtype:
+        """The dtype the target computes in: its weight's, else its output's."""
         weight = getattr(self.module, "weight", None)
         if isinstance(weight, torch.Tensor) and weight.dtype.is_floating_point:
             return weight.dtype
