@@ -97,6 +97,11 @@ def any_module(module: nn.Module) -> str | None:
 
 Probe = Callable[[nn.Module, Any, list[str]], Mapping[str, Any]]
 
+# fold(delta, module, params) -> new values of some of ``module``'s own parameters (by name: "weight",
+# "bias"), computed from ``params`` (their current values, which earlier folds may have changed), such
+# that ``module`` with them computes what ``module`` with ``delta`` on its route did; or why it cannot.
+Fold = Callable[[nn.Module, nn.Module, Mapping[str, torch.Tensor]], Mapping[str, torch.Tensor] | str]
+
 
 @dataclass(frozen=True, kw_only=True)
 class Method:
@@ -129,6 +134,10 @@ class Method:
     plan_sites: SitePlanner | None = None
     # Folds what only serves training into the delta module (prefix tuning's MLP into its prefixes).
     merge: Callable[[nn.Module], None] | None = None
+    # Folds one delta module into its target's weights (fxdelta.merge); None if the method cannot,
+    # for the reason ``fold_refusal`` gives.
+    fold: Fold | None = None
+    fold_refusal: str = "its delta is not a function that a weight or bias of the patched module can hold"
     # The tensors a checkpoint holds for one delta module, when not its state_dict().
     exported_state: Callable[[nn.Module], dict[str, torch.Tensor]] | None = None
     identity_at_init: bool = True  # with default init, the patched backbone computes what it did
