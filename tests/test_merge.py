@@ -10,7 +10,7 @@ from fxdelta import MergeError
 from fxdelta.compiler.state import BackboneState
 
 from invariants import patch, perturb, snapshot, state_copy
-from zoo import ZOO
+from zoo import TORCH_MODELS, ZOO
 
 FAMILIES = ["bert", "gpt2", "llama", "bart"]
 MERGEABLE = ["lora", "dora", "ia3", "bitfit"]
@@ -57,6 +57,44 @@ def test_merge_then_unmerge(name, method):
     assert _same(_weights(p.model), weights)  # bit for bit: kept, not subtracted
     assert p.handle.attached and not p.handle.merged
     assert torch.equal(p.out(), with_delta)
+
+
+@pytest.mark.parametrize("method", MERGEABLE)
+@pytest.mark.parametrize("name", TORCH_MODELS)
+def test_plain_torch_models(name, method):
+    """Convolutions, batch and layer norms, nn.TransformerEncoder's hooked linears; IA3 on TinyMLP's GELU is refused."""
+    p = _patched(name, method)
+    with_delta, weights = p.out(), _weights(p.model)
+    if (name, method) == ("mlp", "ia3"):
+        with pytest.raises(MergeError, match=r"on act \(GELU\).*folds only into"):
+            fxdelta.merge(p.model)
+        assert _same(_weights(p.model), weights) and torch.equal(p.out(), with_delta)
+        return
+    fxdelta.merge(p.model)
+    torch.testing.assert_close(p.out(), with_delta, atol=1e-5, rtol=1e-5)
+    fxdelta.unmerge(p.model)
+    assert _same(_weights(p.model), weights) and torch.equal(p.out(), with_delta)
+
+
+def test_hook_sites_are_checked_with_their_delta():
+    """A probe runs fxdelta's hooks (only the user's are set aside): else every hook-site merge would look wrong."""
+    p = patch("bert", "lora", hooks_only=True)
+    perturb(p.handle.parameters())
+    with_delta = p.out()
+    report = p.handle.merge_into_backbone()
+    assert report.max_error < 1e-5
+    torch.testing.assert_close(p.out(), with_delta, atol=1e-5, rtol=1e-5)
+
+
+def test_a_merge_of_several_deltas_is_all_or_none():
+    p = _patched("bert", "lora")
+    ia3 = fxdelta.IA3Model(p.model)  # default positions: keys, values and the FFN block, which cannot fold
+    perturb(ia3.parameters(), seed=4)
+    out, weights = p.out(), _weights(p.model)
+    with pytest.raises(MergeError, match=r"ia3.*intermediate"):
+        fxdelta.merge(p.model)
+    assert not p.handle.merged and p.handle.attached and ia3.attached  # lora merged first, then was put back
+    assert _same(_weights(p.model), weights) and torch.equal(p.out(), out)
 
 
 def test_conv1d_weights_fold_transposed():
@@ -135,7 +173,7 @@ def test_bfloat16_merges_within_its_looser_bound():
     perturb(handle.parameters())
     out, weights = zm.run(model, inputs), _weights(model)
     report = fxdelta.merge(model)
-    assert all(c.bound >= 32 * 2**-7 for c in report.checks)  # bfloat16's eps, not float32's
+    assert all(c.bound >= 16 * 2**-7 for c in report.checks)  # bfloat16's eps, not float32's
     assert all(c.error <= c.bound for c in report.checks) and report.max_error > 0
     torch.testing.assert_close(zm.run(model, inputs), out, atol=0.1, rtol=0.05)
     fxdelta.unmerge(model)
@@ -179,6 +217,25 @@ def test_training_merged_weights_blocks_unmerge():
     with pytest.raises(MergeError, match="was written while lora was merged"):
         fxdelta.unmerge(p.model)
     assert p.handle.merged
+
+
+def test_a_moved_weight_blocks_unmerge():
+    p = _patched("bert", "lora")
+    p.handle.merge_into_backbone()
+    p.model.double()
+    with pytest.raises(MergeError, match="moved to another dtype or device"):
+        fxdelta.unmerge(p.model)
+
+
+def test_state_dict_is_whole_while_merged():
+    p = _patched("bert", "lora")
+    p.handle.freeze_module(set_state_dict=True)
+    trimmed = p.model.state_dict().keys()
+    assert len(trimmed) < len(p.before.state_keys)
+    fxdelta.merge(p.model)
+    assert tuple(p.model.state_dict()) == p.before.state_keys  # the merged model, every tensor
+    fxdelta.unmerge(p.model)
+    assert p.model.state_dict().keys() == trimmed
 
 
 def test_unmerge_goes_latest_first():

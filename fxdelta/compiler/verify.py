@@ -22,8 +22,9 @@ from fxdelta.core.errors import MergeError
 from fxdelta.core.records import TensorSpec
 
 # The bound on a changed site's max abs error: TOLERANCE units of the output dtype's machine epsilon,
-# relative to its largest value (at least 1): 3.8e-6 in float32, 0.031 in float16, 0.25 in bfloat16.
-TOLERANCE = 32
+# times its largest value (at least 1): 1.9e-6 in float32, 0.0156 in float16, 0.125 in bfloat16. LoRA
+# merges on the tiny test models (BERT, GPT-2, Llama) used 2-12% of it in each of the three dtypes.
+TOLERANCE = 16
 
 
 @dataclass(frozen=True)
