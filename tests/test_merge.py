@@ -86,14 +86,34 @@ def test_hook_sites_are_checked_with_their_delta():
     torch.testing.assert_close(p.out(), with_delta, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("name", [*FAMILIES, "t5"])
+def test_ia3_on_the_ffn_activation_folds_into_the_down_projection(name):
+    """IA3's default ff.act scales what ff.w2 reads: its input columns take the scale (checked on a module
+    holding both; BERT's whole model, BART's layer without its optional arguments)."""
+    p = patch(name, "ia3")
+    perturb(p.handle.parameters())
+    with_delta, weights = p.out(), _weights(p.model)
+    report = fxdelta.merge(p.model)
+    changed = {k for k in weights if not torch.equal(weights[k], _weights(p.model)[k])}
+    assert any(
+        k.endswith(down)
+        for k in changed
+        for down in ("output.dense.weight", "c_proj.weight", "fc2.weight", "down_proj.weight", "wo.weight")
+    )
+    assert report.max_error < 1e-5
+    torch.testing.assert_close(p.out(), with_delta, atol=1e-5, rtol=1e-5)
+    fxdelta.unmerge(p.model)
+    assert _same(_weights(p.model), weights) and torch.equal(p.out(), with_delta)
+
+
 def test_a_merge_of_several_deltas_is_all_or_none():
-    p = _patched("bert", "lora")
-    ia3 = fxdelta.IA3Model(p.model)  # default positions: keys, values and the FFN block, which cannot fold
-    perturb(ia3.parameters(), seed=4)
+    p = _patched("llama", "lora")
+    bitfit = fxdelta.BitFitModel(p.model)  # Llama's projections and norms have no bias to fold into
+    perturb(bitfit.parameters(), seed=4)
     out, weights = p.out(), _weights(p.model)
-    with pytest.raises(MergeError, match=r"ia3.*intermediate"):
+    with pytest.raises(MergeError, match=r"bitfit.*has no bias"):
         fxdelta.merge(p.model)
-    assert not p.handle.merged and p.handle.attached and ia3.attached  # lora merged first, then was put back
+    assert not p.handle.merged and p.handle.attached and bitfit.attached  # lora merged first, then was put back
     assert _same(_weights(p.model), weights) and torch.equal(p.out(), out)
 
 
@@ -114,8 +134,6 @@ def test_conv1d_weights_fold_transposed():
         ("adapter", {}, "adapter.*nonlinearity"),
         ("prefix", {}, "prefix.*keys and values"),
         ("soft_prompt", {}, "soft_prompt.*embeddings in front"),
-        # IA3's default positions include ff.act: on BERT, the BertIntermediate block
-        ("ia3", {}, "ia3.*intermediate .BertIntermediate.*folds only into.*next layer"),
     ],
 )
 def test_what_cannot_fold_is_refused_and_changes_nothing(method, kwargs, why):

@@ -1,7 +1,8 @@
 """Verify a change of the backbone's weights: run the sites it touches before and after, on real inputs.
 
 A site is run as its module is called (a traced region's root, or the patched module itself for
-opaque and hook sites), on random tensors of the shapes observation recorded for that call, in
+opaque and hook sites), on random tensors of the shapes observation recorded for that call (integer
+tensors are zeros; an argument that was no tensor is left to its default), in
 eval mode (dropout off) without autograd, with fxdelta's own hooks in place and the user's set
 aside. The inputs come from a generator of their own, so the user's random streams do not move.
 """
@@ -40,9 +41,9 @@ class Check:
         return self.error <= self.bound  # False for NaN too
 
 
-def _real(spec: TensorSpec | None, generator: torch.Generator) -> torch.Tensor:
-    if spec is None:  # callers check all_tensor_inputs first
-        raise MergeError("internal: a probe input without a recorded tensor")
+def _real(spec: TensorSpec | None, generator: torch.Generator) -> torch.Tensor | None:
+    if spec is None:  # not a tensor (an optional argument, a flag): its default
+        return None
     if not spec.floating:
         return torch.zeros(spec.shape, dtype=spec.dtype, device=spec.device)
     return torch.randn(spec.shape, generator=generator).to(dtype=spec.dtype, device=spec.device)
@@ -78,13 +79,13 @@ class Probe:
         self.state = state
         modules = dict(state.backbone.named_modules())
         generator = torch.Generator().manual_seed(0)
-        self.calls: list[tuple[str, nn.Module, tuple, dict[str, torch.Tensor]]] = []
+        self.calls: list[tuple[str, nn.Module, tuple, dict[str, Any]]] = []
         for path in dict.fromkeys(paths):
             record = state.records.get(path)
-            if record is None or not record.all_tensor_inputs:
+            if record is None:
                 raise MergeError(
-                    f"fxdelta cannot check the merge at {path or '<root>'}: observation recorded no all-tensor call of "
-                    f"it to run before and after; keep the delta attached"
+                    f"fxdelta cannot check the merge at {path or '<root>'}: observation recorded no call of it to run "
+                    f"before and after; keep the delta attached"
                 )
             args = tuple(_real(s, generator) for s in record.args)
             kwargs = {k: _real(s, generator) for k, s in record.kwargs}
@@ -97,7 +98,14 @@ class Probe:
         with torch.no_grad():
             for path, module, args, kwargs in self.calls:
                 with _eval(module), hooks_set_aside(module, keep=ours):
-                    outputs[path] = [t.detach().clone() for t in _tensors(module(*args, **kwargs))]
+                    try:
+                        out = module(*args, **kwargs)
+                    except Exception as e:
+                        raise MergeError(
+                            f"fxdelta cannot check the merge at {path or '<root>'}: it failed on probe inputs of the "
+                            f"observed shapes ({type(e).__name__}: {e}); keep the delta attached"
+                        ) from e
+                outputs[path] = [t.detach().clone() for t in _tensors(out)]
         return outputs
 
 

@@ -15,12 +15,12 @@ import logging
 from collections.abc import Iterable, Sequence
 
 import torch
-from torch import nn
 
 from fxdelta.compiler.install import apply, match_backbone
 from fxdelta.compiler.state import BackboneState
 from fxdelta.compiler.verify import Check, Probe, compare
 from fxdelta.core.errors import MergeError
+from fxdelta.deltas.folds import folded
 from fxdelta.deltas.merged import Handle, Merged, MergeReport, Write, refuse_attach
 
 logger = logging.getLogger(__name__)
@@ -54,9 +54,9 @@ def _merge_one(state: BackboneState, handle: Handle) -> MergeReport:
         )
     if not handle.attached:
         raise MergeError(f"{handle.name} is detached: attach it first (merging folds what an attached delta adds)")
-    writes = _folded(state, handle)
-    ours = {id(e) for e in handle.entries}
-    probe = Probe(state, [s.path for s in state.sites if any(id(e) in ours for e in s.entries)])
+    found = folded(state, handle)
+    writes, ours = found.writes, {id(e) for e in handle.entries}
+    probe = Probe(state, found.probes)
     before = probe.run()
     previous = list(state.active)
     kept = [(p, p.detach().clone()) for _, p, _ in writes]
@@ -92,36 +92,6 @@ def _merge_one(state: BackboneState, handle: Handle) -> MergeReport:
         len(checks),
     )
     return report
-
-
-def _folded(state: BackboneState, handle: Handle) -> list[tuple[str, nn.Parameter, torch.Tensor]]:
-    """(name, parameter, new value) for every parameter ``handle``'s folds change; checked, nothing written."""
-    fold = handle.method.fold
-    modules = dict(state.backbone.named_modules())
-    names: dict[int, list[str]] = {}
-    for n, p in state.backbone.named_parameters(remove_duplicate=False):
-        names.setdefault(id(p), []).append(n)
-    out = []
-    for e in handle.entries:
-        module = modules[e.target]
-        own = {n: p for n, p in module._parameters.items() if p is not None}
-        where = f"{handle.name} ({handle.method.delta_type}) on {e.target or '<root>'} ({type(module).__name__})"
-        folded = fold(e.delta, module, {n: p.detach() for n, p in own.items()}) if fold else "it does not fold"
-        if isinstance(folded, str):
-            raise MergeError(f"{where} cannot be merged into the backbone's weights: {folded}; keep it attached")
-        for n, value in folded.items():
-            p = own[n]
-            value = value.to(dtype=p.dtype, device=p.device)
-            shared = names[id(p)]
-            if len(shared) > 1:
-                raise MergeError(
-                    f"{where}: {shared[0]} is shared with {shared[1:]} (tied weights), so folding into it would change "
-                    f"them too; keep the delta attached"
-                )
-            if not bool(torch.isfinite(value).all()):
-                raise MergeError(f"{where}: folding gives values that are not finite in {p.dtype} for {shared[0]}")
-            out.append((shared[0], p, value))
-    return out
 
 
 def _too_far(handle: Handle, bad: list[Check], state: BackboneState) -> str:

@@ -12,7 +12,7 @@ from torch import nn
 from fxdelta.core.routes import Route
 from fxdelta.methods.folding import scaled_weight, wide
 from fxdelta.spec.config import DeltaConfig
-from fxdelta.spec.method import Method, TargetInfo
+from fxdelta.spec.method import Method, ScaleReader, TargetInfo
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,15 +40,17 @@ def build(config: IA3Config, target: TargetInfo) -> IA3Delta:
     return IA3Delta((target.out_features,) + (1,) * trailing, dtype=target.dtype, device=target.device)
 
 
-def fold(delta: nn.Module, module: nn.Module, params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor] | str:
+def fold(
+    delta: nn.Module, module: nn.Module, params: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor] | ScaleReader:
     """``l * (W x + b)`` is ``(diag(l) W) x + l * b``: IA3 scales the module's output, so it folds into the
     rows of a linear layer or convolution (the output side; columns of GPT-2's transposed ``Conv1D``) and
     into both affine parameters of a norm. On an activation (the FFN's ``ff.act``, a default position)
-    the scale sits on the next layer's input, which this module has no weight for: refused."""
+    the scale is on what the FFN's down projection reads: it folds into that layer's input columns."""
     scale = wide(cast(IA3Delta, delta).ia3_l.detach().flatten())  # (F,)
     weight = scaled_weight(module, params.get("weight"), scale)
-    if isinstance(weight, str):  # an activation, or a block whose output no single weight scales
-        return f"{weight} (IA3 there scales what the next layer reads, which fxdelta does not fold into that layer)"
+    if isinstance(weight, str):  # an activation, or a block whose output no weight of its own scales
+        return ScaleReader(scale, weight)
     new = {"weight": weight}
     bias = params.get("bias")
     if bias is not None:

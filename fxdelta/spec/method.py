@@ -97,10 +97,20 @@ def any_module(module: nn.Module) -> str | None:
 
 Probe = Callable[[nn.Module, Any, list[str]], Mapping[str, Any]]
 
+
+@dataclass(frozen=True)
+class ScaleReader:
+    """A fold's answer for a delta that scales its target's output per feature where no weight of the target
+    can hold that (an activation): scale the input features of the linear layer that reads the output."""
+
+    scale: torch.Tensor  # (F,)
+    why: str  # why the target itself cannot hold it
+
+
 # fold(delta, module, params) -> new values of some of ``module``'s own parameters (by name: "weight",
-# "bias"), computed from ``params`` (their current values, which earlier folds may have changed), such
-# that ``module`` with them computes what ``module`` with ``delta`` on its route did; or why it cannot.
-Fold = Callable[[nn.Module, nn.Module, Mapping[str, torch.Tensor]], Mapping[str, torch.Tensor] | str]
+# "bias"), computed from ``params`` (their current values), such that ``module`` with them computes what
+# ``module`` with ``delta`` on its route did; or a ``ScaleReader``; or why it cannot fold.
+Fold = Callable[[nn.Module, nn.Module, Mapping[str, torch.Tensor]], Mapping[str, torch.Tensor] | ScaleReader | str]
 
 
 @dataclass(frozen=True, kw_only=True)
