@@ -313,6 +313,26 @@ def test_merging_takes_the_thread_gate_and_leaves_random_streams_alone():
     p.out()
     handle.remove()
     assert seen and "from inside a forward" in str(seen[0]) and p.handle.attached
+    calls = []  # the user's hooks do not see the probe inputs
+    p.model.get_submodule(p.handle.targets[0]).register_forward_hook(lambda *args: calls.append(1))
     state = torch.random.get_rng_state()
     fxdelta.merge(p.model)
-    assert torch.equal(torch.random.get_rng_state(), state)
+    assert torch.equal(torch.random.get_rng_state(), state) and not calls
+
+
+def test_the_readme_snippet():
+    import transformers
+
+    config = transformers.GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=100, bos_token_id=0, eos_token_id=0)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    lora = fxdelta.LoraModel(model, lora_r=4)
+    perturb(lora.parameters(), scale=0.1)
+    ids = torch.randint(0, 100, (1, 8))
+    before = model(ids).logits
+    report = fxdelta.merge(model)
+    assert report.checks[0].path == "transformer.h.0.attn.c_attn" and report.max_error < report.checks[0].bound
+    fxdelta.unmerge(model)
+    assert torch.equal(model(ids).logits, before)
+    plain = fxdelta.merge_and_unload(model)
+    assert plain is model and fxdelta.delta_models(plain) == {}
+    torch.testing.assert_close(plain(ids).logits, before, atol=1e-5, rtol=1e-5)

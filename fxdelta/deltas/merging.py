@@ -3,7 +3,7 @@
 Each delta merges on its own, in creation order (the order deltas on one module compose in): its
 method's ``fold`` gives new values for its targets' parameters; the sites carrying it run on probe
 inputs (``fxdelta.compiler.verify``), the delta is taken out, the values are written in place (the
-parameter objects stay, so optimizers and ties keep them), the sites run again, and a max abs error
+parameter objects stay, so optimizers keep them; tied weights are refused), the sites run again, and a max abs error
 above the dtype's bound puts everything back and raises ``MergeError``. What was overwritten is kept
 (a copy per written parameter), so unmerging writes back exactly the bits that were there, never a
 subtraction, and attaches the delta again. A merge of several deltas is all or none.
