@@ -10,12 +10,13 @@ OpenDelta-style classes work too: one per method, named after its config (``Lora
 plus ``AutoDeltaConfig``, ``AutoDeltaModel`` and ``Visualization``.
 """
 
-from fxdelta.api import compile, delta_models, load, save, show_graph
+from fxdelta.api import compile, delta_models, load, merge, merge_and_unload, save, show_graph, unmerge
 from fxdelta.core.errors import (
     CheckpointError,
     ConfigError,
     FxDeltaError,
     FxDeltaWarning,
+    MergeError,
     SelectorError,
     StateError,
     UnsupportedModelError,
@@ -48,6 +49,7 @@ __all__ = [
     "DeltaModel",
     "FxDeltaError",
     "FxDeltaWarning",
+    "MergeError",
     "NonLinearity",
     "Route",
     "SelectorError",
@@ -57,7 +59,10 @@ __all__ = [
     "compile",
     "delta_models",
     "load",
+    "merge",
+    "merge_and_unload",
     "save",
     "show_graph",
+    "unmerge",
 ]
 __all__ += sorted(METHOD_CLASSES)

@@ -14,10 +14,11 @@ from torch import nn
 from fxdelta.compiler.state import BackboneState
 from fxdelta.core.errors import ConfigError
 from fxdelta.core.precision import dtype_name
-from fxdelta.deltas import saving
+from fxdelta.deltas import merge_all, saving
 from fxdelta.deltas.classes import model_class_for
 from fxdelta.deltas.handle import DeltaModel, discard
 from fxdelta.deltas.loading import load_deltas
+from fxdelta.deltas.merged import MergeReport
 from fxdelta.inspect import graphs
 from fxdelta.methods.registry import config_from_dict
 from fxdelta.spec.config import DEFAULT_UNFROZEN, DeltaConfig
@@ -148,3 +149,28 @@ def load(backbone: nn.Module, directory: str | os.PathLike, **options: Any) -> n
 def show_graph(backbone: nn.Module, path: str, *, file: Any = None) -> None:
     """Print the rewritten fx graph (code and node list) of the site carrying the delta on ``path``."""
     graphs.show_graph(backbone_of(backbone), path, file=file)
+
+
+def merge(backbone: nn.Module) -> MergeReport:
+    """Fold every attached delta that can fold (LoRA, DoRA, IA3, BitFit) into ``backbone``'s weights (through a
+    wrapper) and take its sites out; the others stay attached, with a warning. Each merge runs the sites it
+    changes on probe inputs before and after, and is refused (a ``MergeError``, nothing changed) above its
+    dtype's bound; the returned report holds each site's max abs error. ``fxdelta.unmerge`` undoes it exactly."""
+    backbone = backbone_of(backbone)
+    return merge_all.merge_all(backbone, list(delta_models(backbone).values()))
+
+
+def unmerge(backbone: nn.Module) -> list[str]:
+    """Write back, bit for bit, the weights every merge into ``backbone`` overwrote, and attach those deltas
+    again; returns their names (latest merge first)."""
+    backbone = backbone_of(backbone)
+    return merge_all.unmerge_all(backbone, list(delta_models(backbone).values()))
+
+
+def merge_and_unload(backbone: nn.Module) -> nn.Module:
+    """Merge every attached delta for good and remove all of fxdelta from ``backbone`` (sites, hooks, state, the
+    delta models): a plain model with the deltas in its weights is left, and returned. Refused while a delta
+    that cannot fold is attached (detach it first)."""
+    inner = backbone_of(backbone)
+    merge_all.merge_and_unload(inner, list(delta_models(inner).values()))
+    return backbone

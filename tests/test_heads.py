@@ -157,3 +157,19 @@ def test_a_head_copy_follows_the_backbone_to_another_dtype():
     assert model.classifier.weight.dtype == torch.float64 and handle.heads["classifier.weight"].dtype == torch.float64
     handle.detach()
     assert model.classifier.weight.dtype == torch.float64
+
+
+def test_a_merged_delta_keeps_its_head_and_detaching_it_brings_the_backbones_back():
+    model = classifier()
+    base_head = model.classifier.weight
+    expected = _train_a_task(model, "taskA", 1)
+    a = fxdelta.delta_models(model)["taskA"]
+    fxdelta.merge(model)
+    assert a.merged and model.classifier.weight is a.heads["classifier.weight"]
+    assert torch.allclose(model(input_ids=IDS).logits, expected, atol=1e-5)
+    other = LoraModel(model, name="other", lora_r=2)
+    assert other.heads is a.heads  # a new delta shares the head in use, merged or attached
+    other.detach()
+    assert model.classifier.weight is a.heads["classifier.weight"]  # still the merged delta's
+    a.detach()  # unmerges, and the head leaves with the delta
+    assert model.classifier.weight is base_head

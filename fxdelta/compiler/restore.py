@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import types
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import Any
 
 import torch
@@ -65,9 +65,10 @@ _HOOK_TABLES = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_bac
 
 
 @contextlib.contextmanager
-def hooks_set_aside(model: nn.Module) -> Iterator[None]:
+def hooks_set_aside(model: nn.Module, keep: Collection[int] = ()) -> Iterator[None]:
     """Run the body with no module hooks of the user's on ``model`` (fxdelta's own runs are not theirs
-    to see: a hook that logs or collects features must not get FakeTensors or random inputs)."""
+    to see: a hook that logs or collects features must not get FakeTensors or random inputs). Hooks with
+    an id in ``keep`` (fxdelta's hook sites) stay."""
     saved = []
     for m in model.modules():
         for name in _HOOK_TABLES:
@@ -75,7 +76,7 @@ def hooks_set_aside(model: nn.Module) -> Iterator[None]:
             if isinstance(table, dict) and table:
                 saved.append((table, dict(table)))
                 for hook_id, hook in list(table.items()):
-                    if not isinstance(getattr(hook, "__self__", None), Gate):  # threads still wait at the gate
+                    if hook_id not in keep and not isinstance(getattr(hook, "__self__", None), Gate):  # the gate stays
                         del table[hook_id]
     try:
         yield

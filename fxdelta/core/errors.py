@@ -29,6 +29,11 @@ class StateError(FxDeltaError, RuntimeError):
     """The backbone was changed behind fxdelta's back (e.g. another tool replaced a forward)."""
 
 
+class MergeError(FxDeltaError):
+    """A delta cannot be folded into the backbone's weights (or unfolded), or folding it would change outputs
+    beyond the dtype's bound; the backbone is left as it was."""
+
+
 class FxDeltaWarning(UserWarning):
     """Something that runs but may not do what was meant (a selector to keep trainable matched nothing, an
     unknown key in a config dict was ignored)."""

@@ -21,7 +21,7 @@ from fxdelta.compiler.install import apply, match_backbone
 from fxdelta.compiler.state import BackboneState
 from fxdelta.core.errors import ConfigError, FxDeltaError, UnsupportedModelError
 from fxdelta.core.paths import backbone_module_names
-from fxdelta.deltas import freeze, heads, pretrained, saving
+from fxdelta.deltas import freeze, heads, merging, pretrained, saving
 from fxdelta.deltas.scope import BackboneScope
 from fxdelta.inspect.graphs import show_graph
 from fxdelta.inspect.log import log, rewritten_graphs
@@ -33,7 +33,7 @@ from fxdelta.spec.method import Method
 from fxdelta.spec.structure import common_selectors
 
 
-class DeltaModel(BackboneScope):
+class DeltaModel(BackboneScope, merging.Mergeable):
     """One delta (one method, one config) on one backbone.
 
     ``DeltaModel(backbone, config)`` builds the delta and attaches it. Method classes
@@ -107,6 +107,7 @@ class DeltaModel(BackboneScope):
         """Put the delta back into the backbone's computation (idempotent). ``module``, if given, must be
         the backbone: a delta is built for, and lives on, one backbone."""
         self._backbone_or(module, "attach")
+        merging.refuse_attach(self)
         if not self.attached:
             match_backbone(self.backbone, self.entries)
             others = [e for e in self._state.active if e.name != self.name]
@@ -122,18 +123,23 @@ class DeltaModel(BackboneScope):
         return self
 
     def detach(self, module: nn.Module | None = None) -> DeltaModel:
-        """Take the delta out: the backbone computes exactly what it did before (idempotent)."""
+        """Take the delta out: the backbone computes exactly what it did before (idempotent; a delta merged into
+        the weights is unmerged: the weights it overwrote are written back)."""
         self._backbone_or(module, "detach")
+        in_use = self.attached or self.merged
+        merging.unmerge([self], attach=False)
         if self.attached:
             apply(self._state, [e for e in self._state.active if e.name != self.name])
             self.attached = False
+        if in_use:  # a merged delta's head stayed in, with the merged weights it was trained with
             with self._state.gate.changing():
                 heads.on_detach(self._state, self.heads, self._attached_heads())
             self._sync_state_dict_hook()  # the bare backbone's state_dict is whole again
         return self
 
     def _attached_heads(self) -> list[heads.HeadSet | None]:
-        return [h.heads for h in self._state.handles if isinstance(h, DeltaModel) and h.attached and h is not self]
+        handles = [h for h in self._state.handles if isinstance(h, DeltaModel) and h is not self]
+        return [h.heads for h in handles if h.attached or h.merged]
 
     def _sync_state_dict_hook(self) -> None:
         wanted = self._trims_state_dict and self.attached
@@ -243,14 +249,14 @@ class DeltaModel(BackboneScope):
         """Fold what only serves training into the delta itself (prefix tuning's MLP into its prefixes).
 
         The outputs stay the same; the config then records ``exported()`` (e.g. ``reparameterize=False``).
-        Methods with nothing to fold raise.
+        Methods with nothing to fold raise; ``merge_into_backbone`` folds a delta into the weights.
         """
         merge = self.method.merge
         if merge is None:
             mergeable = sorted(m.delta_type for m in METHODS.values() if m.merge is not None)
             raise FxDeltaError(
                 f"{self.config.delta_type} has nothing to merge: only {mergeable} fold something into their deltas "
-                f"(folding deltas into backbone weights is not supported)"
+                f"(to fold a delta into the backbone's weights: merge_into_backbone() or fxdelta.merge(model))"
             )
         for e in self.entries:
             merge(e.delta)

@@ -88,8 +88,10 @@ def checkpoint_entry(handle: Any, *, all_trainable: bool = False) -> tuple[dict[
 
 
 def attached(state: Any) -> list[Any]:
-    """The attached delta models of a backbone's state (None: no state), in creation order."""
-    return [h for h in state.handles if getattr(h, "attached", False) and hasattr(h, "entries")] if state else []
+    """The attached (or merged) delta models of a backbone's state (None: no state), in creation order."""
+    # A delta merged into the weights is still the backbone's: its checkpoint is its tensors.
+    live = [h for h in state.handles if getattr(h, "attached", False) or getattr(h, "merged", False)] if state else []
+    return [h for h in live if hasattr(h, "entries")]
 
 
 def save_attached(

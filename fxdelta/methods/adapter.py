@@ -47,6 +47,8 @@ METHOD = Method(
     config=AdapterConfig,
     build=build,
     route=Route.OUTPUT,
+    fold_refusal="its bottleneck has a nonlinearity between its two projections, "
+    "which no weight of the patched module can hold",
     default_positions=("attn.o", "ff.w2"),
     summary="Bottleneck adapters after modules (output route); default positions: attention output and FFN output.",
     small={"bottleneck_dim": 16},

@@ -6,13 +6,15 @@ swapped per task.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import torch
 from torch import nn
 
 from fxdelta.core.routes import Route
+from fxdelta.methods.folding import foldable_bias
 from fxdelta.spec.config import DeltaConfig
 from fxdelta.spec.method import Method, TargetInfo
 
@@ -41,12 +43,22 @@ def build(config: BitFitConfig, target: TargetInfo) -> BitFitDelta:
     return BitFitDelta((features,) + (1,) * trailing, dtype=target.dtype, device=target.device)
 
 
+def fold(delta: nn.Module, module: nn.Module, params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor] | str:
+    """``h + b`` folds into the module's own bias; a module without one (Llama's projections and RMSNorms,
+    T5's) is refused rather than given a new parameter."""
+    bias = foldable_bias(module, params.get("bias"))
+    if isinstance(bias, str):
+        return bias
+    return {"bias": bias + cast(BitFitDelta, delta).bias.detach().flatten()}  # (F,) onto (..., F)
+
+
 METHOD = Method(
     delta_type="bitfit",
     config=BitFitConfig,
     build=build,
     route=Route.OUTPUT,
     default_positions=("attn.q", "attn.k", "attn.v", "attn.o", "ff.w1", "ff.w2", "layer_norm", "final_layer_norm"),
+    fold=fold,
     summary="A new zero bias on module outputs (output route); default positions: every attention and FFN "
     "projection and the block layer norms.",
 )

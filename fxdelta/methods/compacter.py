@@ -174,6 +174,8 @@ METHOD = Method(
     config=CompacterConfig,
     build=build,
     route=Route.OUTPUT,
+    fold_refusal="its bottleneck has a nonlinearity between its two projections, "
+    "which no weight of the patched module can hold",
     default_positions=("attn", "ff"),
     summary="Adapters with PHM (sum-of-Kronecker) projections (output route); default positions: the attention "
     "block and FFN outputs.",

@@ -9,6 +9,7 @@ constant in backward, as in the paper (section 4.3).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar, cast
 
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fxdelta.core.routes import Route
+from fxdelta.methods.folding import out_in, wide
 from fxdelta.methods.lora import LoraConfig, LoraDelta
 from fxdelta.spec.method import Method, TargetInfo, linear_only
 
@@ -67,6 +69,17 @@ def build(config: DoraConfig, target: TargetInfo) -> DoraDelta:
     return DoraDelta(target.module, config, dtype=target.dtype, device=target.device)
 
 
+def fold(delta: nn.Module, layer: nn.Module, params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``diag(m / ||V||) V`` with ``V = W + s B A``: the layer then computes ``(m / ||V||) * (x V^T) + b``, which
+    is the patched output (rows with no direction keep scale 1, as in ``forward``; the bias is unchanged)."""
+    d = cast(DoraDelta, delta)
+    direction = wide(out_in(layer, params["weight"])) + (wide(d.lora_B) @ wide(d.lora_A)) * d.scaling  # (out, in)
+    norm = direction.norm(dim=1)  # (out,)
+    nonzero = norm > 0
+    scale = torch.where(nonzero, wide(d.magnitude) / torch.where(nonzero, norm, 1.0), 1.0)  # (out,)
+    return {"weight": out_in(layer, direction * scale[:, None])}
+
+
 METHOD = Method(
     delta_type="dora",
     config=DoraConfig,
@@ -75,6 +88,7 @@ METHOD = Method(
     default_positions=("attn.q", "attn.v"),
     can_patch=linear_only,
     needs_h_in=True,
+    fold=fold,
     summary="DoRA: LoRA on the weight's direction plus a learned magnitude (in-out route); default positions: "
     "attention q and v.",
     small={"lora_r": 4, "lora_alpha": 8},

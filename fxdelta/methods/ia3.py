@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import torch
 from torch import nn
 
 from fxdelta.core.routes import Route
+from fxdelta.methods.folding import scaled_weight, wide
 from fxdelta.spec.config import DeltaConfig
-from fxdelta.spec.method import Method, TargetInfo
+from fxdelta.spec.method import Method, ScaleReader, TargetInfo
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,12 +40,31 @@ def build(config: IA3Config, target: TargetInfo) -> IA3Delta:
     return IA3Delta((target.out_features,) + (1,) * trailing, dtype=target.dtype, device=target.device)
 
 
+def fold(
+    delta: nn.Module, module: nn.Module, params: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor] | ScaleReader:
+    """``l * (W x + b)`` is ``(diag(l) W) x + l * b``: IA3 scales the module's output, so it folds into the
+    rows of a linear layer or convolution (the output side; columns of GPT-2's transposed ``Conv1D``) and
+    into both affine parameters of a norm. On an activation (the FFN's ``ff.act``, a default position)
+    the scale is on what the FFN's down projection reads: it folds into that layer's input columns."""
+    scale = wide(cast(IA3Delta, delta).ia3_l.detach().flatten())  # (F,)
+    weight = scaled_weight(module, params.get("weight"), scale)
+    if isinstance(weight, str):  # an activation, or a block whose output no weight of its own scales
+        return ScaleReader(scale, weight)
+    new = {"weight": weight}
+    bias = params.get("bias")
+    if bias is not None:
+        new["bias"] = wide(bias) * scale
+    return new
+
+
 METHOD = Method(
     delta_type="ia3",
     config=IA3Config,
     build=build,
     route=Route.OUTPUT,
     default_positions=("attn.k", "attn.v", "ff.act"),
+    fold=fold,
     summary="Learned rescaling vectors (ones at init) on keys, values and the FFN activation (output route).",
     aliases=("IA3",),
 )

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from fxdelta.core.routes import Route
+from fxdelta.methods.folding import out_in, wide
 from fxdelta.spec.config import DeltaConfig
 from fxdelta.spec.method import Method, TargetInfo, linear_only
 
@@ -59,6 +61,13 @@ def build(config: LoraConfig, target: TargetInfo) -> LoraDelta:
     return LoraDelta(target.in_features, target.out_features, config, dtype=target.dtype, device=target.device)
 
 
+def fold(delta: nn.Module, layer: nn.Module, params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``W + B A * alpha / r`` (dropout is the identity outside training, as a merged layer has none)."""
+    d = cast(LoraDelta, delta)
+    update = (wide(d.lora_B) @ wide(d.lora_A)) * d.scaling  # (out, in)
+    return {"weight": out_in(layer, wide(out_in(layer, params["weight"])) + update)}
+
+
 METHOD = Method(
     delta_type="lora",
     config=LoraConfig,
@@ -67,6 +76,7 @@ METHOD = Method(
     default_positions=("attn.q", "attn.v"),
     can_patch=linear_only,
     needs_h_in=True,
+    fold=fold,
     summary="LoRA on linear layers (parallel route); default positions: attention q and v.",
     small={"lora_r": 4, "lora_alpha": 8},
 )

@@ -65,6 +65,8 @@ METHOD = Method(
     config=LowRankAdapterConfig,
     build=build,
     route=Route.OUTPUT,
+    fold_refusal="its bottleneck has a nonlinearity between its two projections, "
+    "which no weight of the patched module can hold",
     default_positions=("attn", "ff"),
     summary="Adapters with rank-``low_rank_rank`` projections (output route); default positions: the attention "
     "block and FFN outputs.",

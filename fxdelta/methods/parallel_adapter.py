@@ -56,6 +56,8 @@ METHOD = Method(
     config=ParallelAdapterConfig,
     build=build,
     route=Route.PARALLEL,
+    fold_refusal="its bottleneck has a nonlinearity between its two projections (and it may read another "
+    "module's input), which no weight of the patched module can hold",
     default_positions=("attn", "attn", "ff.in", "ff.w2"),
     needs_h_in=True,
     pairs=True,

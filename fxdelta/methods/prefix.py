@@ -171,6 +171,8 @@ METHOD = Method(
     config=PrefixConfig,
     build=build,
     route=Route.PREFIX,
+    fold_refusal="it puts learned keys and values in front of the attention's own (and widens the mask), "
+    "which no weight can hold",
     default_positions=("attn.self",),
     probe=probe_attention,
     link=share_encoder,

@@ -211,6 +211,8 @@ METHOD = Method(
     config=SoftPromptConfig,
     build=build,
     route=Route.PROMPT,
+    fold_refusal="it puts learned embeddings in front of the input sequence (a longer sequence), "
+    "which no weight can hold",
     default_positions=(),
     probe=_probe,
     locate=_locate,

@@ -106,6 +106,21 @@ def any_module(module: nn.Module) -> str | None:
 Probe = Callable[[nn.Module, Any, list[str]], Mapping[str, Any]]
 
 
+@dataclass(frozen=True)
+class ScaleReader:
+    """A fold's answer for a delta that scales its target's output per feature where no weight of the target
+    can hold that (an activation): scale the input features of the linear layer that reads the output."""
+
+    scale: torch.Tensor  # (F,)
+    why: str  # why the target itself cannot hold it
+
+
+# fold(delta, module, params) -> new values of some of ``module``'s own parameters (by name: "weight",
+# "bias"), computed from ``params`` (their current values), such that ``module`` with them computes what
+# ``module`` with ``delta`` on its route did; or a ``ScaleReader``; or why it cannot fold.
+Fold = Callable[[nn.Module, nn.Module, Mapping[str, torch.Tensor]], Mapping[str, torch.Tensor] | ScaleReader | str]
+
+
 @dataclass(frozen=True, kw_only=True)
 class Method:
     """One delta method.
@@ -137,6 +152,10 @@ class Method:
     plan_sites: SitePlanner | None = None
     # Folds what only serves training into the delta module (prefix tuning's MLP into its prefixes).
     merge: Callable[[nn.Module], None] | None = None
+    # Folds one delta module into its target's weights (fxdelta.merge); None if the method cannot,
+    # for the reason ``fold_refusal`` gives.
+    fold: Fold | None = None
+    fold_refusal: str = "its delta is not a function that a weight or bias of the patched module can hold"
     # The tensors a checkpoint holds for one delta module, when not its state_dict().
     exported_state: Callable[[nn.Module], dict[str, torch.Tensor]] | None = None
     identity_at_init: bool = True  # with default init, the patched backbone computes what it did
