@@ -29,8 +29,8 @@ class Run:
     note: str = ""
 
 
-# Learning rates picked on the fast default's split (the held-out articles never took part): the head is
-# new in every run, so each run trains it at its own rate, and full fine-tuning needs a small one.
+# Learning rates: usual choices for each kind of run, set by hand after two short trial runs (not searched).
+# The head is new in every run and trains at its run's rate; full fine-tuning needs a small one.
 RUNS = {
     "linear-probe": Run("linear-probe", 5e-2, note="only the new task head trains"),
     "lora": Run("lora", 5e-3, {"delta_type": "lora", "lora_r": 8}, note="r 8 on attention q, v"),
