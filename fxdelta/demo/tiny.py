@@ -1,10 +1,11 @@
-"""The demo behind ``make demo``: compile LoRA onto a small BERT, train it, inspect, save, reload.
+"""The tiny demo (``fxdelta-demo --tiny``): compile one delta onto a small BERT, train it, inspect, save, reload.
 
-Runs offline in seconds: the "pre-trained" backbone is a small BERT built from its config with
-fixed random weights, and the task is a toy one (is the first token in the upper half of the
-vocabulary?), so everything shown is computed here and now.
+Runs offline in seconds with nothing but fxdelta's own dependencies: the "pre-trained" backbone is a
+small BERT built from its config with fixed random weights, and the task is a toy one (is the first
+token in the upper half of the vocabulary?), so everything shown is computed here and now. It shows
+what the real demo (``fxdelta.demo.real``) does not print: the marked tree and a rewritten graph.
 
-    fxdelta-demo [--steps 150] [--method lora|dora|adapter|bitfit|ia3|prefix|soft_prompt|...] [--out demo-output]
+    fxdelta-demo --tiny [--steps 150] [--method lora|dora|adapter|bitfit|ia3|prefix|soft_prompt|...] [--out demo-output]
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import fxdelta
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="fxdelta-demo --tiny", description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--method", choices=sorted(METHODS), default="lora")
     parser.add_argument("--out", default="demo-output", help="where the trimmed checkpoint is written")
