@@ -81,10 +81,9 @@ def trainable(model: nn.Module) -> int:
 def save_checkpoint(trainer, folder: Path) -> None:
     """Write what the run trained to ``folder``: the one place the demo saves a model."""
     model = trainer.model
-    if fxdelta.delta_models(model):
-        fxdelta.save(model, folder)  # the deltas and the task head (what compile left trainable)
-    elif all(p.requires_grad for p in model.parameters()):
-        trainer.save_model(str(folder))  # full fine-tuning: every weight changed
+    if fxdelta.delta_models(model) or all(p.requires_grad for p in model.parameters()):
+        # With deltas: the delta checkpoint (the deltas and the task head); full fine-tuning: every weight.
+        trainer.save_model(str(folder))
     else:  # a linear probe: only the head changed, and the backbone is the public one
         from safetensors.torch import save_file
 
@@ -95,8 +94,13 @@ def save_checkpoint(trainer, folder: Path) -> None:
         )
 
 
+# What the Trainer writes beside the model (the tokenizer, its own arguments): not the checkpoint's size.
+_BESIDE = ("tokenizer*", "special_tokens_map.json", "vocab.txt", "training_args.bin")
+
+
 def folder_bytes(folder: Path) -> int:
-    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    """The bytes of what was trained and saved in ``folder`` (not the tokenizer the Trainer copies there)."""
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and not any(f.match(p) for p in _BESIDE))
 
 
 def predict(model: nn.Module, dataset, collator, batch_size: int, desc: str) -> torch.Tensor:
