@@ -13,6 +13,7 @@ from torch import nn
 
 from fxdelta.compiler.state import BackboneState
 from fxdelta.core.errors import ConfigError
+from fxdelta.deltas import peft_format
 from fxdelta.deltas.classes import model_class_for
 from fxdelta.deltas.handle import DeltaModel, discard
 from fxdelta.deltas.loading import load_deltas
@@ -107,12 +108,17 @@ def delta_models(backbone: nn.Module) -> dict[str, DeltaModel]:
     return {h.name: h for h in state.handles if isinstance(h, DeltaModel)} if state else {}
 
 
-def save(backbone: nn.Module, directory: str | os.PathLike) -> None:
-    """Write one checkpoint folder holding every attached delta of ``backbone`` (or of the model a wrapper holds)."""
+def save(backbone: nn.Module, directory: str | os.PathLike, *, format: str = "fxdelta") -> None:
+    """Write one checkpoint folder holding every attached delta of ``backbone`` (or of the model a wrapper holds).
+    ``format="peft"``: a PEFT adapter folder (which holds one delta)."""
+    peft = peft_format.save_format(format) is peft_format.SaveFormat.PEFT
     backbone = backbone_of(backbone)
     handles = [h for h in delta_models(backbone).values() if h.attached]
     if not handles:
         raise ConfigError(f"{type(backbone).__name__} has no attached deltas to save")
+    if peft:
+        peft_format.write(directory, backbone, handles)
+        return
     entries, tensors = [], {}
     for h in handles:
         entry, own = h.checkpoint_entry()
@@ -123,7 +129,7 @@ def save(backbone: nn.Module, directory: str | os.PathLike) -> None:
 
 def load(backbone: nn.Module, directory: str | os.PathLike, **options: Any) -> nn.Module:
     """Attach every delta saved in ``directory`` to ``backbone`` (or the model a wrapper holds; all or none)
-    and return ``backbone``."""
+    and return ``backbone``. ``directory`` may also be a PEFT adapter folder (``adapter_config.json``)."""
     load_deltas(directory, backbone_of(backbone), model_class_for, **options)
     return backbone
 

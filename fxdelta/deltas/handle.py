@@ -21,7 +21,7 @@ from fxdelta.compiler.install import apply, match_backbone
 from fxdelta.compiler.state import BackboneState
 from fxdelta.core.errors import ConfigError, FxDeltaError, UnsupportedModelError
 from fxdelta.core.paths import backbone_module_names
-from fxdelta.deltas import freeze, saving
+from fxdelta.deltas import freeze, peft_format, saving
 from fxdelta.deltas.scope import BackboneScope
 from fxdelta.inspect.graphs import show_graph
 from fxdelta.inspect.log import log, rewritten_graphs
@@ -275,6 +275,8 @@ class DeltaModel(BackboneScope):
         state_dict: Mapping[str, torch.Tensor] | None = None,
         save_function: Any = None,
         push_to_dc: bool = False,
+        *,
+        format: str = "fxdelta",
         **push_options: Any,
     ) -> None:
         """Write a local folder with only this delta's tensors (plus backbone tensors it unfroze) and its config.
@@ -282,10 +284,15 @@ class DeltaModel(BackboneScope):
         ``state_dict`` gives the tensors to write instead of the live ones (it must hold every key the
         delta saves). fxdelta writes safetensors and always the config (``save_function`` and
         ``save_config=False`` are refused), and saves locally only: ``push_to_dc``/``push_to_hub`` raise.
+        ``format="peft"`` writes a PEFT adapter folder instead (``adapter_config.json``, ``adapter_model.safetensors``).
         """
+        peft = peft_format.save_format(format) is peft_format.SaveFormat.PEFT
         entry, tensors = self.checkpoint_entry()
         tensors = saving.chosen_tensors(tensors, state_dict, save_config, save_function, push_to_dc, push_options)
-        checkpoint.write(finetuned_delta_path, self.backbone, [entry], tensors)
+        if peft:
+            peft_format.write(finetuned_delta_path, self.backbone, [self], (entry, tensors))
+        else:
+            checkpoint.write(finetuned_delta_path, self.backbone, [entry], tensors)
 
 
 def discard(handle: DeltaModel) -> None:

@@ -18,6 +18,7 @@ from torch import nn
 
 from fxdelta.core.routes import Route
 from fxdelta.methods.lora import LoraConfig, LoraDelta
+from fxdelta.methods.peft_lora import peft_format
 from fxdelta.spec.method import Method, TargetInfo, linear_only
 
 
@@ -74,6 +75,7 @@ METHOD = Method(
     default_positions=("attn.q", "attn.v"),
     can_patch=linear_only,
     needs_h_in=True,
+    peft=peft_format(with_magnitude=True),
     summary="DoRA: LoRA on the weight's direction plus a learned magnitude (in-out route); default positions: "
     "attention q and v.",
     small={"lora_r": 4, "lora_alpha": 8},

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fxdelta.core.routes import Route
+from fxdelta.methods.peft_lora import peft_format
 from fxdelta.spec.config import DeltaConfig
 from fxdelta.spec.method import Method, TargetInfo, linear_only
 
@@ -67,6 +68,7 @@ METHOD = Method(
     default_positions=("attn.q", "attn.v"),
     can_patch=linear_only,
     needs_h_in=True,
+    peft=peft_format(with_magnitude=False),
     summary="LoRA on linear layers (parallel route); default positions: attention q and v.",
     small={"lora_r": 4, "lora_alpha": 8},
 )
