@@ -30,6 +30,12 @@ _TASKS = (
     ("LMHeadModel", "CAUSAL_LM"),
 )
 TASK_TYPES = ("SEQ_CLS", "SEQ_2_SEQ_LM", "CAUSAL_LM", "TOKEN_CLS", "QUESTION_ANS", "FEATURE_EXTRACTION")
+# The heads PEFT's task classes add to modules_to_save, whose tensors they then require in the file.
+_TASK_HEADS = {
+    "SEQ_CLS": ("classifier", "score"),
+    "TOKEN_CLS": ("classifier", "score"),
+    "QUESTION_ANS": ("qa_outputs",),
+}
 
 
 def supported() -> list[str]:
@@ -85,6 +91,12 @@ def task_type(backbone: nn.Module) -> str | None:
     if getattr(config, "is_encoder_decoder", False) and name.endswith("ForConditionalGeneration"):
         return "SEQ_2_SEQ_LM"
     return next((task for suffix, task in _TASKS if name.endswith(suffix)), None)
+
+
+def unsaved_task_heads(task: str | None, names: Sequence[str], saved: Sequence[str]) -> list[str]:
+    """The heads PEFT's class for ``task`` would load from the file, which the delta does not save."""
+    heads = saved_modules({"modules_to_save": list(_TASK_HEADS.get(task or "", ()))}, names)
+    return [h for h in heads if h not in saved]
 
 
 def _names(value: Any, field: str) -> str | list[str] | None:

@@ -77,9 +77,23 @@ def write(
     }
     whole, saved = _modules_to_save(backbone, list(entry.get("unfrozen", [])), tensors)
     out.update((prefix + k, v) for k, v in saved.items())
+    task = peft_fields.task_type(backbone)
+    unsaved = peft_fields.unsaved_task_heads(task, backbone_module_names(backbone), whole)
+    if unsaved and fmt.prompt_learning:
+        raise CheckpointError(
+            f"PEFT's {task} class loads the task head {unsaved} from the adapter, and this delta does not save it; "
+            f"keep the head trainable (freeze_module() does by default) to save it with the delta"
+        )
+    if unsaved:
+        task = None  # PEFT's base PeftModel computes the same for adapters on modules, and loads no head
+    if fmt.prompt_learning and task is None:
+        raise CheckpointError(
+            f"PEFT applies {fmt.peft_type} through its task classes ({list(peft_fields.TASK_TYPES)}), and a "
+            f"{type(backbone).__name__} has none; save this delta in fxdelta's format"
+        )
     config = {
         "peft_type": fmt.peft_type,
-        "task_type": peft_fields.task_type(backbone),
+        "task_type": task,
         "base_model_name_or_path": getattr(getattr(backbone, "config", None), "_name_or_path", None) or None,
         "inference_mode": True,
         "modules_to_save": whole or None,
@@ -185,4 +199,5 @@ def _saved_tensors(
             out[name] = value
         elif not torch.equal(buffers[name].cpu(), value.to(buffers[name].dtype)):
             raise CheckpointError(f"buffer {name} of a module in modules_to_save differs from this backbone's")
-    return unfrozen, out
+    order = {n: i for i, n in enumerate(params)}
+    return sorted(unfrozen, key=order.__getitem__), out

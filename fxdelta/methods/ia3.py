@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from fxdelta.core.routes import Route
+from fxdelta.methods import peft_ia3
 from fxdelta.spec.config import DeltaConfig
 from fxdelta.spec.method import Method, TargetInfo
 
@@ -46,4 +47,5 @@ METHOD = Method(
     default_positions=("attn.k", "attn.v", "ff.act"),
     summary="Learned rescaling vectors (ones at init) on keys, values and the FFN activation (output route).",
     aliases=("IA3",),
+    peft=peft_ia3.FORMAT,
 )
