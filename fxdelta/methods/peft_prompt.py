@@ -92,7 +92,7 @@ def _layers(targets: list[PeftTarget]) -> list[PeftTarget]:
             "PEFT's prefix tuning gives every layer a prefix of one shape; this delta covers layers "
             f"{[t.probed.layer_idx for t in ordered]} with shapes {sorted(shapes)}"
         )
-    ((heads, head_dim, v_dim),) = shapes
+    ((_, head_dim, v_dim),) = shapes
     if head_dim != v_dim:
         raise CheckpointError(f"PEFT's prefixes have keys and values of one size, here {head_dim} and {v_dim}")
     return ordered
