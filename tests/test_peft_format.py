@@ -3,6 +3,7 @@ loads PEFT's own, with the same logits (perturbed deltas, task heads as ``module
 fxdelta cannot express are refused and leave the model as it was."""
 
 import json
+import re
 
 import peft
 import pytest
@@ -10,7 +11,8 @@ import torch
 import transformers
 
 import fxdelta
-from fxdelta import LoraModel
+from fxdelta import CheckpointError, ConfigError, IA3Model, LoraModel
+from fxdelta.compiler.state import BackboneState
 
 from zoo import _COMMON, ZOO
 
@@ -145,3 +147,125 @@ def test_an_absent_lora_alpha_is_peft_default_and_fxdelta_writes_its_own(tmp_pat
     ours = bert_classifier()
     assert fxdelta.AutoDeltaModel.from_finetuned(tmp_path / "a", ours).config.lora_alpha == 8
     torch.testing.assert_close(logits(ours), logits(theirs), atol=TOL, rtol=0)
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _unchanged(model, before):
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    state = BackboneState.find(model)
+    assert state is None or not state.handles
+
+
+@pytest.fixture
+def lora_folder(tmp_path):
+    model = bert_classifier()
+    fxdelta.compile(model, {"delta_type": "lora", "lora_r": 4})
+    fxdelta.save(model, tmp_path / "lora", format="peft")
+    return tmp_path / "lora"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("use_rslora", True),
+        ("layers_to_transform", [0]),
+        ("bias", "all"),
+        ("megatron_config", {"tensor_model_parallel_size": 2}),
+        ("rank_pattern", {"query": 2}),
+        ("init_lora_weights", "pissa"),
+        ("a_field_of_a_newer_peft", 3),
+    ],
+)
+def test_peft_options_fxdelta_cannot_express_are_refused(lora_folder, field, value):
+    file = lora_folder / "adapter_config.json"
+    file.write_text(json.dumps(json.loads(file.read_text()) | {field: value}))
+    model = bert_classifier()
+    before = _state(model)
+    with pytest.raises(CheckpointError, match=re.escape(f"{field}={value!r}")):
+        fxdelta.load(model, lora_folder)
+    _unchanged(model, before)
+
+
+def test_a_newer_peft_field_left_off_loads(lora_folder):
+    file = lora_folder / "adapter_config.json"
+    file.write_text(json.dumps(json.loads(file.read_text()) | {"some_new_option": None, "use_new_thing": False}))
+    fxdelta.load(bert_classifier(), lora_folder)
+
+
+def _peft_folder(tmp_path, model, config):
+    peft.get_peft_model(model, config).save_pretrained(tmp_path / "theirs")
+    return tmp_path / "theirs"
+
+
+@pytest.mark.parametrize(
+    ("config", "match"),
+    [
+        (lambda: peft.LoraConfig(target_modules=["word_embeddings"]), "Embedding; fxdelta's LoRA and DoRA patch"),
+        (lambda: peft.LoHaConfig(target_modules=["query"]), "'LOHA' .* has no fxdelta counterpart"),
+        # PEFT's BERT default also scales the input of attention.output.dense, which no FFN activation makes
+        (lambda: peft.IA3Config(task_type="SEQ_CLS"), "attention.output.dense is a feedforward module"),
+        (
+            lambda: peft.PrefixTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=2, prefix_projection=True),
+            "prefix_projection=True",
+        ),
+    ],
+)
+def test_peft_adapters_fxdelta_cannot_express_are_refused(tmp_path, config, match):
+    folder = _peft_folder(tmp_path, bert_classifier(), config())
+    model = bert_classifier()
+    before = _state(model)
+    with pytest.raises(CheckpointError, match=match):
+        fxdelta.load(model, folder)
+    _unchanged(model, before)
+
+
+def test_tensors_of_an_untargeted_module_are_refused(lora_folder):
+    file = lora_folder / "adapter_config.json"
+    file.write_text(json.dumps(json.loads(file.read_text()) | {"target_modules": ["layer.0.attention.self.query"]}))
+    model = bert_classifier()
+    with pytest.raises(CheckpointError, match="which its config does not target"):
+        fxdelta.load(model, lora_folder)
+
+
+def test_an_encoder_decoder_second_prompt_is_refused(tmp_path):
+    model = ZOO["gpt2"].build()
+    fxdelta.compile(model, {"delta_type": "soft_prompt", "soft_token_num": 2})
+    fxdelta.save(model, tmp_path / "p", format="peft")
+    file = tmp_path / "p" / "adapter_config.json"
+    file.write_text(json.dumps(json.loads(file.read_text()) | {"num_transformer_submodules": 2}))
+    with pytest.raises(CheckpointError, match="num_transformer_submodules=2"):
+        fxdelta.load(ZOO["gpt2"].build(), tmp_path / "p")
+
+
+@pytest.mark.parametrize(
+    ("build", "specs", "match"),
+    [
+        (bert_classifier, [{"delta_type": "adapter"}], r"no adapter type for fxdelta's 'adapter'.*\['dora', 'ia3'"),
+        (bert_classifier, [{"delta_type": "lora"}, {"delta_type": "ia3"}], "holds one adapter"),
+        (bert_classifier, [{"delta_type": "prefix", "prefix_token_num": 2}], "shifts the real tokens' positions"),
+        (bert_classifier, [{"delta_type": "soft_prompt", "soft_token_num": 2}], "pool_real_cls=False"),
+        (ZOO["bert"].build, [{"delta_type": "soft_prompt", "soft_token_num": 2}], "BertForMaskedLM has none"),
+        (ZOO["gpt2"].build, [{"delta_type": "ia3", "modified_modules": ["ln_1"]}], "LayerNorm that is neither"),
+    ],
+)
+def test_what_peft_cannot_hold_is_not_written(tmp_path, build, specs, match):
+    model = build()
+    fxdelta.compile(model, specs)
+    with pytest.raises(CheckpointError, match=match):
+        fxdelta.save(model, tmp_path / "out", format="peft")
+    assert not (tmp_path / "out").exists()
+
+
+def test_save_finetuned_writes_peft_and_from_finetuned_checks_the_method(tmp_path):
+    model = bert_classifier()
+    handle = LoraModel(model, lora_r=2)
+    with pytest.raises(ConfigError, match="format must be one of 'fxdelta', 'peft', got 'onnx'"):
+        handle.save_finetuned(tmp_path / "x", format="onnx")
+    handle.save_finetuned(tmp_path / "x", format="peft")
+    with pytest.raises(CheckpointError, match="holds a 'lora' delta, not 'ia3'"):
+        IA3Model.from_finetuned(tmp_path / "x", backbone_model=bert_classifier())
+    assert isinstance(LoraModel.from_finetuned(tmp_path / "x", backbone_model=bert_classifier()), LoraModel)

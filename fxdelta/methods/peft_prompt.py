@@ -79,9 +79,9 @@ def _layers(targets: list[PeftTarget]) -> list[PeftTarget]:
     geometry = [t.probed for t in targets]
     if not all(getattr(g, "causal", False) and not getattr(g, "encoder_decoder", False) for g in geometry):
         raise CheckpointError(
-            "PEFT passes prefixes as past_key_values, which shifts an encoder's (or an encoder-decoder's) "
-            "positions; fxdelta's prefixes there keep them. Only decoder-only prefixes map to PEFT's: save this "
-            "one in fxdelta's format"
+            "PEFT passes prefixes as past_key_values: that is what fxdelta's prefixes are in decoder-only models, "
+            "but in an encoder it shifts the real tokens' positions (fxdelta's keep them), and in an encoder-decoder "
+            "it goes to the decoder. Only decoder-only prefixes map to PEFT's: save this one in fxdelta's format"
         )
     if any(g.layer_idx is None for g in geometry):
         raise CheckpointError("PEFT's prefixes are per layer index, and these attentions do not say theirs")
