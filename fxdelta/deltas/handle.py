@@ -275,7 +275,6 @@ class DeltaModel(BackboneScope):
         state_dict: Mapping[str, torch.Tensor] | None = None,
         save_function: Any = None,
         push_to_dc: bool = False,
-        *,
         format: str = "fxdelta",
         **push_options: Any,
     ) -> None:
@@ -286,13 +285,11 @@ class DeltaModel(BackboneScope):
         ``save_config=False`` are refused), and saves locally only: ``push_to_dc``/``push_to_hub`` raise.
         ``format="peft"`` writes a PEFT adapter folder instead (``adapter_config.json``, ``adapter_model.safetensors``).
         """
-        peft = peft_format.save_format(format) is peft_format.SaveFormat.PEFT
         entry, tensors = self.checkpoint_entry()
         tensors = saving.chosen_tensors(tensors, state_dict, save_config, save_function, push_to_dc, push_options)
-        if peft:
-            peft_format.write(finetuned_delta_path, self.backbone, [self], (entry, tensors))
-        else:
-            checkpoint.write(finetuned_delta_path, self.backbone, [entry], tensors)
+        if peft_format.save_format(format) is peft_format.SaveFormat.PEFT:
+            return peft_format.write(finetuned_delta_path, self.backbone, [self], (entry, tensors))
+        checkpoint.write(finetuned_delta_path, self.backbone, [entry], tensors)
 
 
 def discard(handle: DeltaModel) -> None:

@@ -19,7 +19,8 @@ _FREE = ("peft_type", "base_model_name_or_path", "revision", "inference_mode", "
 # Read by the shared code: the task class PEFT wraps the model in, and what it trains and saves whole.
 _SHARED = ("task_type", "modules_to_save")
 _TARGETING = ("target_modules", "exclude_modules")  # read by the shared code, for methods with targets
-_OFF = (None, False, {}, [], "")  # an unknown field at one of these values is off (newer PEFTs add fields so)
+# An unknown field at one of these values is off (newer PEFT releases add fields that way).
+_OFF: tuple[Any, ...] = (None, False, {}, [], "")
 
 # PEFT's task types, from the class of the model it wraps (a name with none of these gets no task type).
 _TASKS = (
