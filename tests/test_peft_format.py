@@ -212,6 +212,8 @@ def _peft_folder(tmp_path, model, config):
             lambda: peft.PrefixTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=2, prefix_projection=True),
             "prefix_projection=True",
         ),
+        # PEFT's prefixes are a past: BERT's positions would start after them; fxdelta's encoder prefixes keep them
+        (lambda: peft.PrefixTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=2), "are not causal"),
     ],
 )
 def test_peft_adapters_fxdelta_cannot_express_are_refused(tmp_path, config, match):
@@ -269,3 +271,8 @@ def test_save_finetuned_writes_peft_and_from_finetuned_checks_the_method(tmp_pat
     with pytest.raises(CheckpointError, match="holds a 'lora' delta, not 'ia3'"):
         IA3Model.from_finetuned(tmp_path / "x", backbone_model=bert_classifier())
     assert isinstance(LoraModel.from_finetuned(tmp_path / "x", backbone_model=bert_classifier()), LoraModel)
+
+
+def test_a_config_class_names_the_way_to_load_a_peft_folder(lora_folder):
+    with pytest.raises(CheckpointError, match=r"It is a PEFT adapter folder: load it with fxdelta\.load"):
+        fxdelta.AutoDeltaConfig.from_finetuned(lora_folder)

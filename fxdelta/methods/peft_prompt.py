@@ -74,15 +74,18 @@ def _read_prompt(config: Mapping[str, Any], backbone: nn.Module, targets: list[s
     return PeftImport(fields, [target], {target: {"weight": weight}})
 
 
+_DECODERS_ONLY = (
+    "PEFT passes prefixes as past_key_values: that is what fxdelta's prefixes are in decoder-only models, but in an "
+    "encoder it shifts the real tokens' positions (fxdelta's keep them), and in an encoder-decoder it goes to the "
+    "decoder. Only decoder-only prefixes map between the two: "
+)
+
+
 def _layers(targets: list[PeftTarget]) -> list[PeftTarget]:
     """The targets in layer order; PEFT gives every layer of one decoder a prefix of one geometry."""
     geometry = [t.probed for t in targets]
     if not all(getattr(g, "causal", False) and not getattr(g, "encoder_decoder", False) for g in geometry):
-        raise CheckpointError(
-            "PEFT passes prefixes as past_key_values: that is what fxdelta's prefixes are in decoder-only models, "
-            "but in an encoder it shifts the real tokens' positions (fxdelta's keep them), and in an encoder-decoder "
-            "it goes to the decoder. Only decoder-only prefixes map to PEFT's: save this one in fxdelta's format"
-        )
+        raise CheckpointError(_DECODERS_ONLY + "save this one in fxdelta's format")
     if any(g.layer_idx is None for g in geometry):
         raise CheckpointError("PEFT's prefixes are per layer index, and these attentions do not say theirs")
     ordered = sorted(targets, key=lambda t: t.probed.layer_idx)
@@ -119,6 +122,10 @@ def _export_prefix(config: DeltaConfig, backbone: nn.Module, targets: list[PeftT
 
 def _read_prefix(config: Mapping[str, Any], backbone: nn.Module, targets: list[str], grouped: dict) -> PeftImport:
     _one_submodule(config)
+    modules = dict(backbone.named_modules())
+    encoder_decoder = getattr(getattr(backbone, "config", None), "is_encoder_decoder", False)
+    if encoder_decoder or not all(getattr(modules[t], "is_causal", None) is True for t in targets):
+        raise CheckpointError(_DECODERS_ONLY + f"the self-attentions of this {type(backbone).__name__} are not causal")
     n = number(config, "num_virtual_tokens", None, (int,))
     heads = number(config, "num_attention_heads", None, (int,))
     token_dim = number(config, "token_dim", None, (int,))
