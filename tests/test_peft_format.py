@@ -252,6 +252,8 @@ def test_an_encoder_decoder_second_prompt_is_refused(tmp_path):
         (bert_classifier, [{"delta_type": "soft_prompt", "soft_token_num": 2}], "pool_real_cls=False"),
         (ZOO["bert"].build, [{"delta_type": "soft_prompt", "soft_token_num": 2}], "BertForMaskedLM has none"),
         (ZOO["gpt2"].build, [{"delta_type": "ia3", "modified_modules": ["ln_1"]}], "LayerNorm that is neither"),
+        # the head stays trainable by default, and PEFT would train it whole, without the LoRA in it
+        (bert_classifier, [{"delta_type": "lora", "modified_modules": ["classifier"]}], "inside a module it also"),
     ],
 )
 def test_what_peft_cannot_hold_is_not_written(tmp_path, build, specs, match):

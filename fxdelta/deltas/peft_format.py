@@ -76,6 +76,9 @@ def write(
         f"{prefix}{path}.{name}" if path else name: v for path, group in grouped.items() for name, v in group.items()
     }
     whole, saved = _modules_to_save(backbone, list(entry.get("unfrozen", [])), tensors)
+    inside = [t.path for t in targets for w in whole if f"{t.path}.".startswith(f"{w}.")]
+    if inside:  # PEFT trains a module in modules_to_save whole, and patches nothing inside it
+        raise CheckpointError(f"the delta patches {inside[:3]}, inside a module it also leaves trainable whole")
     out.update((prefix + k, v) for k, v in saved.items())
     task = peft_fields.task_type(backbone)
     unsaved = peft_fields.unsaved_task_heads(task, backbone_module_names(backbone), whole)
@@ -117,7 +120,9 @@ def _modules_to_save(
                 f"PEFT saves trainable backbone tensors as whole modules (modules_to_save); {unfrozen[0]!r} belongs "
                 f"to no submodule of {type(backbone).__name__}; save this delta in fxdelta's format instead"
             )
-        whole = {f"{owner}.{k}": v for k, v in modules[owner].state_dict().items()}
+        whole = {
+            f"{owner}.{k}": v for k, v in modules[owner].state_dict().items() if DELTA_NAMESPACE not in k.split(".")
+        }
         partial = sorted(k for k, _ in modules[owner].named_parameters(prefix=owner) if k not in unfrozen)
         if partial:
             raise CheckpointError(
