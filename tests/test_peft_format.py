@@ -278,3 +278,18 @@ def test_save_finetuned_writes_peft_and_from_finetuned_checks_the_method(tmp_pat
 def test_a_config_class_names_the_way_to_load_a_peft_folder(lora_folder):
     with pytest.raises(CheckpointError, match=r"It is a PEFT adapter folder: load it with fxdelta\.load"):
         fxdelta.AutoDeltaConfig.from_finetuned(lora_folder)
+
+
+@pytest.mark.parametrize("method", ["lora", "ia3"])
+def test_encoder_decoder_adapters_load_in_peft_without_its_seq2seq_class(tmp_path, method):
+    # PEFT 0.21's SEQ_2_SEQ_LM class fails to build on transformers 5.23; its base class computes the same.
+    t5 = ZOO["t5"]
+    model = t5.build()
+    fxdelta.compile(model, {"delta_type": method})
+    perturb(model)
+    inputs = t5.inputs()
+    want = t5.run(model, inputs)
+    fxdelta.save(model, tmp_path / "a", format="peft")
+    assert json.loads((tmp_path / "a" / "adapter_config.json").read_text())["task_type"] is None
+    theirs = peft.PeftModel.from_pretrained(t5.build(), tmp_path / "a").eval()
+    torch.testing.assert_close(theirs(**inputs).logits, want, atol=TOL, rtol=0)

@@ -87,8 +87,10 @@ def write(
             f"PEFT's {task} class loads the task head {unsaved} from the adapter, and this delta does not save it; "
             f"keep the head trainable (freeze_module() does by default) to save it with the delta"
         )
-    if unsaved:
-        task = None  # PEFT's base PeftModel computes the same for adapters on modules, and loads no head
+    if unsaved or (task == "SEQ_2_SEQ_LM" and not fmt.prompt_learning):
+        # PEFT's base PeftModel computes the same for adapters on modules, and wants no head; and PEFT 0.21's
+        # SEQ_2_SEQ_LM class fails to build on transformers 5.23 (it calls a method transformers renamed).
+        task = None
     if fmt.prompt_learning and task is None:
         raise CheckpointError(
             f"PEFT applies {fmt.peft_type} through its task classes ({list(peft_fields.TASK_TYPES)}), and a "
