@@ -125,7 +125,8 @@ def _modules_to_save(
         whole = {
             f"{owner}.{k}": v for k, v in modules[owner].state_dict().items() if DELTA_NAMESPACE not in k.split(".")
         }
-        partial = sorted(k for k, _ in modules[owner].named_parameters(prefix=owner) if k not in unfrozen)
+        own = [k for k, _ in modules[owner].named_parameters(prefix=owner) if DELTA_NAMESPACE not in k.split(".")]
+        partial = sorted(k for k in own if k not in unfrozen)
         if partial:
             raise CheckpointError(
                 f"PEFT trains and saves whole modules (modules_to_save), but the delta leaves only part of {owner} "
