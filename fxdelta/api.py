@@ -14,7 +14,7 @@ from torch import nn
 from fxdelta.compiler.state import BackboneState
 from fxdelta.core.errors import ConfigError
 from fxdelta.core.precision import dtype_name
-from fxdelta.deltas import merge_all, saving
+from fxdelta.deltas import merge_all, peft_format, saving
 from fxdelta.deltas.classes import model_class_for
 from fxdelta.deltas.handle import DeltaModel, discard
 from fxdelta.deltas.loading import load_deltas
@@ -130,18 +130,23 @@ def delta_models(backbone: nn.Module) -> dict[str, DeltaModel]:
     return {h.name: h for h in state.handles if isinstance(h, DeltaModel)} if state else {}
 
 
-def save(backbone: nn.Module, directory: str | os.PathLike) -> None:
-    """Write one checkpoint folder holding every attached delta of ``backbone`` (or of the model a wrapper holds)."""
+def save(backbone: nn.Module, directory: str | os.PathLike, *, format: str = "fxdelta") -> None:
+    """Write one checkpoint folder holding every attached delta of ``backbone`` (or of the model a wrapper holds).
+    ``format="peft"``: a PEFT adapter folder (which holds one delta)."""
+    peft = peft_format.save_format(format) is peft_format.SaveFormat.PEFT
     backbone = backbone_of(backbone)
     handles = saving.attached(BackboneState.find(backbone))
     if not handles:
         raise ConfigError(f"{type(backbone).__name__} has no attached deltas to save")
+    if peft:
+        peft_format.write(directory, backbone, handles)
+        return
     saving.save_attached(backbone, handles, directory)
 
 
 def load(backbone: nn.Module, directory: str | os.PathLike, **options: Any) -> nn.Module:
     """Attach every delta saved in ``directory`` to ``backbone`` (or the model a wrapper holds; all or none)
-    and return ``backbone``."""
+    and return ``backbone``. ``directory`` may also be a PEFT adapter folder (``adapter_config.json``)."""
     load_deltas(directory, backbone_of(backbone), model_class_for, **options)
     return backbone
 

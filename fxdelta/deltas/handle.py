@@ -21,12 +21,12 @@ from fxdelta.compiler.install import apply, match_backbone
 from fxdelta.compiler.state import BackboneState
 from fxdelta.core.errors import ConfigError, FxDeltaError, UnsupportedModelError
 from fxdelta.core.paths import backbone_module_names
-from fxdelta.deltas import freeze, heads, merging, pretrained, saving
+from fxdelta.deltas import freeze, heads, merging, peft_format, pretrained, saving
 from fxdelta.deltas.scope import BackboneScope
 from fxdelta.inspect.graphs import show_graph
 from fxdelta.inspect.log import log, rewritten_graphs
 from fxdelta.io import checkpoint
-from fxdelta.methods.registry import METHODS, method_for
+from fxdelta.methods.registry import method_for
 from fxdelta.spec.config import DEFAULT_UNFROZEN, DeltaConfig
 from fxdelta.spec.heads import task_heads
 from fxdelta.spec.method import Method
@@ -251,18 +251,7 @@ class DeltaModel(BackboneScope, merging.Mergeable):
         The outputs stay the same; the config then records ``exported()`` (e.g. ``reparameterize=False``).
         Methods with nothing to fold raise; ``merge_into_backbone`` folds a delta into the weights.
         """
-        merge = self.method.merge
-        if merge is None:
-            mergeable = sorted(m.delta_type for m in METHODS.values() if m.merge is not None)
-            raise FxDeltaError(
-                f"{self.config.delta_type} has nothing to merge: only {mergeable} fold something into their deltas "
-                f"(to fold a delta into the backbone's weights: merge_into_backbone() or fxdelta.merge(model))"
-            )
-        for e in self.entries:
-            merge(e.delta)
-        self.config = self.config.exported()
-        if self.attached:  # the sites that served the folded part go
-            apply(self._state, self._state.active)
+        merging.fold_training_parts(self)
         return self
 
     def checkpoint_entry(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -276,6 +265,7 @@ class DeltaModel(BackboneScope, merging.Mergeable):
         state_dict: Mapping[str, torch.Tensor] | None = None,
         save_function: Any = None,
         push_to_dc: bool = False,
+        format: str = "fxdelta",
         **push_options: Any,
     ) -> None:
         """Write a local folder with only this delta's tensors (plus backbone tensors it unfroze) and its config.
@@ -283,9 +273,12 @@ class DeltaModel(BackboneScope, merging.Mergeable):
         ``state_dict`` gives the tensors to write instead of the live ones (it must hold every key the
         delta saves). fxdelta writes safetensors and always the config (``save_function`` and
         ``save_config=False`` are refused), and saves locally only: ``push_to_dc``/``push_to_hub`` raise.
+        ``format="peft"`` writes a PEFT adapter folder instead (``adapter_config.json``, ``adapter_model.safetensors``).
         """
         entry, tensors = self.checkpoint_entry()
         tensors = saving.chosen_tensors(tensors, state_dict, save_config, save_function, push_to_dc, push_options)
+        if peft_format.save_format(format) is peft_format.SaveFormat.PEFT:
+            return peft_format.write(finetuned_delta_path, self.backbone, [self], (entry, tensors))
         checkpoint.write(finetuned_delta_path, self.backbone, [entry], tensors)
 
 

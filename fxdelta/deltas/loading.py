@@ -13,9 +13,9 @@ from torch import nn
 from fxdelta.compiler.state import BackboneState
 from fxdelta.core.entries import DELTA_NAMESPACE
 from fxdelta.core.errors import CheckpointError, FxDeltaError, UnsupportedModelError
-from fxdelta.deltas import heads
+from fxdelta.deltas import heads, peft_format
 from fxdelta.deltas.handle import DeltaModel, discard
-from fxdelta.io import checkpoint
+from fxdelta.io import checkpoint, peft_folder
 from fxdelta.methods.registry import config_from_dict, method_for
 from fxdelta.spec.config import DeltaConfig
 
@@ -42,12 +42,18 @@ def load_deltas(
     """
     if not isinstance(backbone, nn.Module):
         raise UnsupportedModelError(f"deltas are loaded onto a torch.nn.Module, got {type(backbone).__name__}")
-    meta = checkpoint.read_meta(directory)
-    if check_fingerprint:
-        checkpoint.check_backbone(meta, backbone, directory)
+    given = tensors is not None  # the user's own dict may hold more than the deltas (a whole state_dict)
+    if peft_folder.is_peft_folder(directory):  # PEFT's adapter folder: its tensors, renamed as fxdelta's
+        if given:
+            raise CheckpointError(f"{directory} is a PEFT adapter folder: state_dict= replaces fxdelta's tensors only")
+        meta, tensors = peft_format.read(directory, backbone)
+        given = False
+    else:
+        meta = checkpoint.read_meta(directory)
+        if check_fingerprint:
+            checkpoint.check_backbone(meta, backbone, directory)
     if config is not None:
         _use_config(meta, config, directory)
-    given = tensors is not None  # the user's own dict may hold more than the deltas (a whole state_dict)
     tensors = dict(tensors) if tensors is not None else checkpoint.read_tensors(directory)
     params = dict(backbone.named_parameters())
     handles: list[DeltaModel] = []

@@ -17,6 +17,7 @@ from fxdelta.compiler.verify import Check
 from fxdelta.core.entries import Entry
 from fxdelta.core.errors import MergeError
 from fxdelta.core.handles import DeltaHandle
+from fxdelta.spec.config import DeltaConfig
 from fxdelta.spec.method import Method
 
 
@@ -66,6 +67,7 @@ class Handle(DeltaHandle, Protocol):
     """What merging needs of a delta model (``fxdelta.deltas.handle.DeltaModel``)."""
 
     method: Method
+    config: DeltaConfig
     entries: list[Entry]
     backbone: nn.Module
     _state: BackboneState

@@ -19,9 +19,10 @@ import torch
 from fxdelta.compiler.install import apply, match_backbone
 from fxdelta.compiler.state import BackboneState
 from fxdelta.compiler.verify import Check, Probe, compare
-from fxdelta.core.errors import MergeError
+from fxdelta.core.errors import FxDeltaError, MergeError
 from fxdelta.deltas.folds import folded
 from fxdelta.deltas.merged import Handle, Merged, MergeReport, Write, refuse_attach
+from fxdelta.methods.registry import METHODS
 
 logger = logging.getLogger(__name__)
 
@@ -197,6 +198,23 @@ def _check_unmergeable(state: BackboneState, handle: Handle, todo: list[Handle])
                 f"{w.name} was written while {handle.name} was merged (an optimizer step or load_state_dict); "
                 f"unmerging would throw that away. Save the model as it is, or load the original weights"
             )
+
+
+def fold_training_parts(handle: Handle) -> None:
+    """``DeltaModel.merge()``: fold what only serves training into the delta itself (prefix tuning's MLP into
+    its prefixes); the config then records ``exported()``. Methods with nothing to fold raise."""
+    merge = handle.method.merge
+    if merge is None:
+        mergeable = sorted(m.delta_type for m in METHODS.values() if m.merge is not None)
+        raise FxDeltaError(
+            f"{handle.config.delta_type} has nothing to merge: only {mergeable} fold something into their deltas "
+            f"(to fold a delta into the backbone's weights: merge_into_backbone() or fxdelta.merge(model))"
+        )
+    for e in handle.entries:
+        merge(e.delta)
+    handle.config = handle.config.exported()
+    if handle.attached:  # the sites that served the folded part go
+        apply(handle._state, handle._state.active)
 
 
 class Mergeable:

@@ -87,8 +87,12 @@ def read_meta(directory: str | os.PathLike) -> dict[str, Any]:
         )
     config = path / CONFIG_FILE
     if not config.is_file():
+        peft = (path / "adapter_config.json").is_file()
+        hint = (
+            " It is a PEFT adapter folder: load it with fxdelta.load or a delta class's from_finetuned" if peft else ""
+        )
         raise CheckpointError(
-            f"{str(path)!r} has no {CONFIG_FILE}; is it an fxdelta checkpoint (written by save_finetuned)?"
+            f"{str(path)!r} has no {CONFIG_FILE}; is it an fxdelta checkpoint (written by save_finetuned)?{hint}"
         )
     try:
         meta = json.loads(config.read_text())

@@ -20,6 +20,7 @@ from torch import nn
 from fxdelta.core.routes import Route
 from fxdelta.methods.folding import out_in, wide
 from fxdelta.methods.lora import LoraConfig, LoraDelta
+from fxdelta.methods.peft_lora import peft_format
 from fxdelta.spec.method import Method, TargetInfo, linear_only
 
 
@@ -89,6 +90,7 @@ METHOD = Method(
     can_patch=linear_only,
     needs_h_in=True,
     fold=fold,
+    peft=peft_format(with_magnitude=True),
     summary="DoRA: LoRA on the weight's direction plus a learned magnitude (in-out route); default positions: "
     "attention q and v.",
     small={"lora_r": 4, "lora_alpha": 8},

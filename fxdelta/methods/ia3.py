@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from fxdelta.core.routes import Route
+from fxdelta.methods import peft_ia3
 from fxdelta.methods.folding import scaled_weight, wide
 from fxdelta.spec.config import DeltaConfig
 from fxdelta.spec.method import Method, ScaleReader, TargetInfo
@@ -67,4 +68,5 @@ METHOD = Method(
     fold=fold,
     summary="Learned rescaling vectors (ones at init) on keys, values and the FFN activation (output route).",
     aliases=("IA3",),
+    peft=peft_ia3.FORMAT,
 )

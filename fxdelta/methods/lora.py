@@ -13,6 +13,7 @@ from torch import nn
 
 from fxdelta.core.routes import Route
 from fxdelta.methods.folding import out_in, wide
+from fxdelta.methods.peft_lora import peft_format
 from fxdelta.spec.config import DeltaConfig
 from fxdelta.spec.method import Method, TargetInfo, linear_only
 
@@ -77,6 +78,7 @@ METHOD = Method(
     can_patch=linear_only,
     needs_h_in=True,
     fold=fold,
+    peft=peft_format(with_magnitude=False),
     summary="LoRA on linear layers (parallel route); default positions: attention q and v.",
     small={"lora_r": 4, "lora_alpha": 8},
 )

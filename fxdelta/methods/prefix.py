@@ -18,6 +18,7 @@ from torch import nn
 
 from fxdelta.core.per_thread import PerThread
 from fxdelta.core.routes import Route
+from fxdelta.methods.peft_prompt import PREFIX
 from fxdelta.methods.prefix_probe import probe_attention
 from fxdelta.sites.prefix import plan_prefix
 from fxdelta.spec.config import DeltaConfig
@@ -179,6 +180,7 @@ METHOD = Method(
     plan_sites=plan_prefix,
     merge=lambda delta: cast(PrefixDelta, delta).merge(),
     exported_state=lambda delta: cast(PrefixDelta, delta).exported_state(),
+    peft=PREFIX,
     identity_at_init=False,
     summary="Prefix tuning: learned keys/values in front of every targeted self-attention's own; default "
     "positions: every self-attention. ``merge()`` folds the reparameterization MLP into the prefixes.",

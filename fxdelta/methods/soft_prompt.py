@@ -16,6 +16,7 @@ from torch import nn
 
 from fxdelta.core.errors import ConfigError, UnsupportedModelError
 from fxdelta.core.routes import Route
+from fxdelta.methods.peft_prompt import SOFT_PROMPT
 from fxdelta.sites.prompt import plan_prompt
 from fxdelta.spec.config import DeltaConfig
 from fxdelta.spec.method import Method, TargetInfo
@@ -217,6 +218,7 @@ METHOD = Method(
     probe=_probe,
     locate=_locate,
     plan_sites=plan_prompt,
+    peft=SOFT_PROMPT,
     identity_at_init=False,
     aliases=("soft-prompt",),
     summary="Soft prompts: learned embeddings in front of the input embeddings (of the encoder, for "

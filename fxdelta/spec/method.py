@@ -21,6 +21,7 @@ from fxdelta.core.precision import resolve
 from fxdelta.core.records import TensorSpec
 from fxdelta.core.routes import Route
 from fxdelta.spec.config import DeltaConfig
+from fxdelta.spec.peft import PeftFormat
 
 # Modules whose outputs put features on dim 1 (N, C, ...), not on the last dim.
 _CHANNELS_FIRST = (
@@ -158,6 +159,8 @@ class Method:
     fold_refusal: str = "its delta is not a function that a weight or bias of the patched module can hold"
     # The tensors a checkpoint holds for one delta module, when not its state_dict().
     exported_state: Callable[[nn.Module], dict[str, torch.Tensor]] | None = None
+    # How the method reads and writes PEFT's adapter format (fxdelta.spec.peft); None: PEFT has no counterpart.
+    peft: PeftFormat | None = None
     identity_at_init: bool = True  # with default init, the patched backbone computes what it did
     small: Mapping[str, Any] = field(default_factory=dict)
 
