@@ -11,13 +11,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from fxdelta.compiler.engines import refuse_wrapped
 from fxdelta.compiler.state import BackboneState
 from fxdelta.core.errors import ConfigError
 from fxdelta.deltas.classes import model_class_for
 from fxdelta.deltas.handle import DeltaModel, discard
 from fxdelta.deltas.loading import load_deltas
 from fxdelta.inspect import graphs
-from fxdelta.io import checkpoint
+from fxdelta.io import checkpoint, distributed
 from fxdelta.methods.registry import config_from_dict
 from fxdelta.spec.config import DEFAULT_UNFROZEN, DeltaConfig
 
@@ -77,10 +78,12 @@ def compile(
     ``freeze=True`` then freezes the backbone except the deltas' ``unfrozen_modules`` (by default every
     delta, and the task head of a ``*For<Task>`` model), as ``freeze_module(set_state_dict=False)`` does;
     the state_dict stays whole. ``freeze=False`` leaves every parameter as it was.
-    The delta models are available from ``fxdelta.delta_models(backbone)``. A DDP or
-    ``torch.compile`` wrapper is looked through (the model inside is patched).
+    The delta models are available from ``fxdelta.delta_models(backbone)``. A DataParallel or
+    ``torch.compile`` wrapper is looked through (the model inside is patched); a model that DDP or FSDP
+    already wraps or shards is refused (``UnsupportedModelError``): compile first, then wrap.
     """
     configs = _configs(spec)
+    refuse_wrapped(backbone)  # a DDP / FSDP wrapper would not synchronize deltas added inside it
     outer, backbone = backbone, backbone_of(backbone)
     handles: list[DeltaModel] = []
     try:
@@ -118,12 +121,13 @@ def save(backbone: nn.Module, directory: str | os.PathLike) -> None:
         entry, own = h.checkpoint_entry()
         entries.append(entry)
         tensors.update(own)
-    checkpoint.write(directory, backbone, entries, tensors)
+    distributed.write_once(tensors, lambda full: checkpoint.write(directory, backbone, entries, full))
 
 
 def load(backbone: nn.Module, directory: str | os.PathLike, **options: Any) -> nn.Module:
     """Attach every delta saved in ``directory`` to ``backbone`` (or the model a wrapper holds; all or none)
-    and return ``backbone``."""
+    and return ``backbone``. Like ``compile``, it refuses a model DDP or FSDP already wraps: load, then wrap."""
+    refuse_wrapped(backbone)
     load_deltas(directory, backbone_of(backbone), model_class_for, **options)
     return backbone
 

@@ -25,7 +25,7 @@ from fxdelta.deltas import freeze, saving
 from fxdelta.deltas.scope import BackboneScope
 from fxdelta.inspect.graphs import show_graph
 from fxdelta.inspect.log import log, rewritten_graphs
-from fxdelta.io import checkpoint
+from fxdelta.io import checkpoint, distributed
 from fxdelta.methods.registry import METHODS, method_for
 from fxdelta.spec.config import DEFAULT_UNFROZEN, DeltaConfig
 from fxdelta.spec.heads import task_heads
@@ -285,7 +285,9 @@ class DeltaModel(BackboneScope):
         """
         entry, tensors = self.checkpoint_entry()
         tensors = saving.chosen_tensors(tensors, state_dict, save_config, save_function, push_to_dc, push_options)
-        checkpoint.write(finetuned_delta_path, self.backbone, [entry], tensors)
+        distributed.write_once(
+            tensors, lambda full: checkpoint.write(finetuned_delta_path, self.backbone, [entry], full)
+        )
 
 
 def discard(handle: DeltaModel) -> None:

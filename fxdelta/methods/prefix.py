@@ -16,8 +16,10 @@ from typing import Any, ClassVar, cast
 import torch
 from torch import nn
 
+from fxdelta.core.errors import ConfigError
 from fxdelta.core.per_thread import PerThread
 from fxdelta.core.routes import Route
+from fxdelta.io.distributed import is_sharded
 from fxdelta.methods.prefix_probe import probe_attention
 from fxdelta.sites.prefix import plan_prefix
 from fxdelta.spec.config import DeltaConfig
@@ -44,6 +46,13 @@ class PrefixConfig(DeltaConfig):
     def exported(self) -> DeltaConfig:
         """Checkpoints hold the final prefixes, not the MLP that produced them."""
         return self.replace(reparameterize=False)
+
+
+_SHARDED_ENCODER = (
+    "prefix tuning with reparameterize=True computes every layer's prefix with one MLP, which lives in the first "
+    "targeted layer; fully_shard on each layer keeps that MLP sharded while the other layers run. Use "
+    "reparameterize=False (or merge() before sharding), or fully_shard the whole model only"
+)
 
 
 class PrefixEncoder(nn.Module):
@@ -145,6 +154,8 @@ class PrefixDelta(nn.Module):
     def forward(self, key_states: torch.Tensor, value_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The prefix for keys/values of shape (B, heads, T, head_dim), in their dtype, expanded to B."""
         k, v = self.prefix()
+        if is_sharded(k) and not is_sharded(key_states):
+            raise ConfigError(_SHARDED_ENCODER)
         b = key_states.shape[0]
         return k.to(key_states.dtype).expand(b, -1, -1, -1), v.to(value_states.dtype).expand(b, -1, -1, -1)
 
