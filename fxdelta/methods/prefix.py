@@ -69,12 +69,28 @@ class PrefixEncoder(nn.Module):
         # Per thread: (the slices, what they were computed for); threads running one model share none.
         self._cache: PerThread[list[Any]] = PerThread(lambda: [None, ()])
 
+    def block(self, index: int) -> torch.Tensor:
+        """Layer ``index``'s (P, heads * (head_dim + v_dim)) block of the MLP's output.
+
+        While autograd records, each layer computes its own block (the hidden layer again, then its rows of
+        the output layer): one result shared by all layers would be one graph that activation checkpointing
+        backpropagates through once per layer (``use_reentrant=True``: freed after the first) or recomputes in
+        one layer only (``use_reentrant=False``: a different number of saved tensors). Without autograd
+        (inference, ``generate()``) every block comes from one MLP call per backbone forward (``slices``).
+        """
+        if not torch.is_grad_enabled():
+            return self.slices()[index]
+        first, out = self.mlp[0], self.mlp[2]
+        hidden = self.mlp[1](first(self.embedding.weight))  # (P, mid_dim)
+        start = sum(self.widths[:index])
+        rows = slice(start, start + self.widths[index])
+        return nn.functional.linear(hidden, out.weight[rows], out.bias[rows])  # (P, width)
+
     def slices(self) -> list[torch.Tensor]:
         """Every layer's (P, heads * (head_dim + v_dim)) block, computed once per backbone forward.
 
-        The result is reused by the layers of one forward (and by activation checkpointing's replay);
-        it is recomputed after any change to the MLP's parameters, in another grad mode, and at the
-        start of each backbone forward (so two forwards before one optimizer step get two graphs).
+        The result is reused by the layers of one forward; it is recomputed after any change to the MLP's
+        parameters, in another grad mode, and at the start of each backbone forward.
         """
         state = (torch.is_grad_enabled(), tuple(p._version for p in self.parameters()))
         cache = self._cache.get()
@@ -126,7 +142,7 @@ class PrefixDelta(nn.Module):
         encoder = self.prefix_encoder()
         if encoder is None:
             return self.key, self.value
-        kv = encoder.slices()[self.index]  # (P, heads * (head_dim + v_dim))
+        kv = encoder.block(self.index)  # (P, heads * (head_dim + v_dim))
         k, v = kv.split([self.heads * self.head_dim, self.heads * self.v_dim], dim=-1)
         return (
             k.view(self.length, self.heads, self.head_dim).transpose(0, 1).unsqueeze(0),

@@ -38,3 +38,8 @@ def launch(launcher: list[str], script: str, *args: str, cwd: Path) -> str:
 
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+# On a machine without GPUs, `--multi_gpu` starts CPU processes (torchrun underneath) that use gloo.
+ACCELERATE = [
+    sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+    "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+]  # fmt: skip

@@ -1,6 +1,7 @@
 """DDP and FSDP2 training on 2 CPU processes (gloo) gives what one process gives on the same global batch.
 
-Each engine runs once under torchrun (``worker.py``) for LoRA, Adapter, BitFit and prefix tuning; this
+Each engine runs under torchrun (``worker.py``) for LoRA, Adapter, BitFit and prefix tuning, and LoRA under
+``accelerate launch`` (``accelerate_worker.py``: prepare, a prepared DataLoader, accelerator.backward); this
 process then trains the same model on the whole batch. Measured (3 SGD steps, a tiny BERT): the losses
 agree to 1e-6 and the delta weights to 2e-7, while training moves them by 5e-4 to 5e-2; the tolerances
 below are 1e-5 (losses) and 1e-6 + 1e-5 relative (weights). The checkpoint that ``fxdelta.save`` wrote on
@@ -17,7 +18,7 @@ from safetensors.torch import load_file
 import fxdelta
 
 import training
-from launch import TORCHRUN, launch
+from launch import ACCELERATE, TORCHRUN, launch
 
 WEIGHT_ATOL = 1e-6
 
@@ -65,3 +66,10 @@ def test_two_ranks_train_like_one_process(tmp_path):
             except AssertionError as e:
                 failures.append(f"{engine} / {method}: {e}")
     assert not failures, "\n\n".join(failures)
+    said = (tmp_path / "fsdp-layer" / "prefix-mlp.txt").read_text()
+    assert said.startswith("ConfigError:") and "reparameterize=False" in said, said
+
+
+def test_accelerate_launch_trains_lora_like_one_process(tmp_path):
+    launch(ACCELERATE, "accelerate_worker.py", str(tmp_path), cwd=tmp_path)
+    check_method("accelerate", "lora", tmp_path)

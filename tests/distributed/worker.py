@@ -4,7 +4,8 @@
 root) or ``fsdp-whole`` (fully_shard on the root only); one launch runs them all (starting a process costs
 more than training). For each engine and method it writes into ``OUT = FOLDER/<engine>``: ``OUT/<method>/`` (the
 ``fxdelta.save`` folder, saved on every rank), ``OUT/<method>-<rank>.json`` (this rank's losses) and
-``OUT/<method>-out.safetensors`` (rank 0: the trained model's logits on the probe input).
+``OUT/<method>-out.safetensors`` (rank 0: the trained model's logits on the probe input); and
+``FOLDER/fsdp-layer/prefix-mlp.txt``, the error of a reparameterized prefix under per-layer shards.
 """
 
 import json
@@ -31,6 +32,16 @@ def wrap(engine, model):
     return model
 
 
+def split_prefix_mlp() -> str:
+    """What a forward says when prefix tuning's MLP (in layer 0's shard) serves layer 1 too."""
+    model = wrap("fsdp-layer", training.patched("prefix"))
+    try:
+        model(input_ids=training.probe())
+    except fxdelta.FxDeltaError as e:
+        return f"{type(e).__name__}: {e}"
+    return "no error"
+
+
 def main(folder: Path, engines: list[str]) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
@@ -46,6 +57,8 @@ def main(folder: Path, engines: list[str]) -> None:
             logits = model(input_ids=training.probe()).logits
         if rank == 0:
             save_file({"logits": logits.contiguous()}, str(out / f"{method}-out.safetensors"))
+    if "fsdp-layer" in engines:
+        (folder / "fsdp-layer" / "prefix-mlp.txt").write_text(split_prefix_mlp())
     dist.destroy_process_group()
 
 
