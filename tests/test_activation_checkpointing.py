@@ -119,3 +119,29 @@ def test_torch_checkpoint_on_a_plain_module_keeps_the_gradients(method):
         grads, saved_now = runs[reentrant]
         assert_same(grads, expected, f"use_reentrant={reentrant}")
         assert saved_now < saved, f"use_reentrant={reentrant}: nothing was checkpointed"
+
+
+def test_reentrant_checkpointing_of_a_model_not_fed_input_ids_needs_enable_input_require_grads():
+    """ViT takes ``pixel_values``: transformers does not make its embeddings' output require grad, so with
+    the backbone frozen the reentrant-checkpointed layers give the deltas no gradient at all (torch only warns).
+    ``model.enable_input_require_grads()``, as the README says, gives them the gradients they have without it."""
+    zm = ZOO["vit"]
+    model = no_dropout(zm.build())
+    handle = METHODS["lora"](model, **delta_kwargs("vit", "lora"))
+    perturb(handle.parameters())
+    handle.freeze_module()
+    x = zm.inputs()
+    deltas = {n for n, _ in handle.named_parameters()}
+
+    def loss_of(m):
+        return zm.run(m, x).sum()
+
+    expected, _ = trainable_grads(model, loss_of)
+    enable_checkpointing(model, use_reentrant=True)
+    with pytest.warns(UserWarning, match="None of the inputs have requires_grad=True"):
+        grads, _ = trainable_grads(model, loss_of)
+    assert not deltas & grads.keys()
+    model.enable_input_require_grads()
+    grads, _ = trainable_grads(model, loss_of)
+    assert deltas <= grads.keys()
+    assert_same(grads, expected, "use_reentrant=True after enable_input_require_grads()")

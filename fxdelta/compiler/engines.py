@@ -30,6 +30,8 @@ def _engine_wrappers() -> tuple[type, ...]:
 def refuse_wrapped(model: nn.Module) -> None:
     """Raise ``UnsupportedModelError`` if a distributed engine already wraps or shards ``model`` (or a module
     inside it): deltas added now would not be synchronized (DDP) or sharded (FSDP) with the rest."""
+    if not isinstance(model, nn.Module):
+        return  # not a model at all: the caller says so
     engines = _engine_wrappers()
     for path, module in model.named_modules():
         if isinstance(module, engines):

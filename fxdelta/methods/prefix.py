@@ -80,7 +80,7 @@ class PrefixEncoder(nn.Module):
         """
         if not torch.is_grad_enabled():
             return self.slices()[index]
-        first, out = self.mlp[0], self.mlp[2]
+        first, out = self.mlp[0], cast(nn.Linear, self.mlp[2])
         hidden = self.mlp[1](first(self.embedding.weight))  # (P, mid_dim)
         start = sum(self.widths[:index])
         rows = slice(start, start + self.widths[index])
