@@ -32,6 +32,17 @@ def is_sharded(tensor: torch.Tensor) -> bool:
     return kind is not None and isinstance(tensor, kind)
 
 
+def model_class(module: torch.nn.Module) -> type:
+    """The class a checkpoint names: FSDP2's ``fully_shard`` swaps in a subclass of its own (``FSDPBertModel``)."""
+    cls = type(module)
+    if torch.distributed.is_available():
+        from torch.distributed.fsdp import FSDPModule
+
+        if isinstance(module, FSDPModule):
+            return next(c for c in cls.__mro__[1:] if not issubclass(c, FSDPModule))
+    return cls
+
+
 def _rank_and_world() -> tuple[int, int]:
     dist = torch.distributed
     if dist.is_available() and dist.is_initialized():

@@ -68,6 +68,9 @@ def test_two_ranks_train_like_one_process(tmp_path):
     assert not failures, "\n\n".join(failures)
     said = (tmp_path / "fsdp-layer" / "prefix-mlp.txt").read_text()
     assert said.startswith("ConfigError:") and "reparameterize=False" in said, said
+    for rank, expected in ((0, "is a file"), (1, "rank 0 could not write")):  # no rank is left waiting
+        said = (tmp_path / "fsdp-whole" / f"failed-save-{rank}.txt").read_text()
+        assert said.startswith("CheckpointError:") and expected in said, said
 
 
 def test_accelerate_launch_trains_lora_like_one_process(tmp_path):

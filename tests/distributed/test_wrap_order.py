@@ -9,6 +9,7 @@ tuning's one MLP for all layers, split over per-layer shards, is a ConfigError: 
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -71,6 +72,8 @@ def test_compiled_then_wrapped_trains_and_saves(one_rank, wrap, tmp_path):
     model = wrap(training.patched("lora"))
     training.train(model)
     fxdelta.save(model, tmp_path / "ckpt")
+    meta = json.loads((tmp_path / "ckpt" / "delta_config.json").read_text())
+    assert meta["backbone"]["class"] == "BertForMaskedLM"  # not FSDP2's FSDPBertForMaskedLM
     fresh = fxdelta.load(training.backbone(), tmp_path / "ckpt")
     with torch.no_grad():
         torch.testing.assert_close(

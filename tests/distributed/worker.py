@@ -5,7 +5,8 @@ root) or ``fsdp-whole`` (fully_shard on the root only); one launch runs them all
 more than training). For each engine and method it writes into ``OUT = FOLDER/<engine>``: ``OUT/<method>/`` (the
 ``fxdelta.save`` folder, saved on every rank), ``OUT/<method>-<rank>.json`` (this rank's losses) and
 ``OUT/<method>-out.safetensors`` (rank 0: the trained model's logits on the probe input); and
-``FOLDER/fsdp-layer/prefix-mlp.txt``, the error of a reparameterized prefix under per-layer shards.
+``FOLDER/fsdp-layer/prefix-mlp.txt``, the error of a reparameterized prefix under per-layer shards, and
+``FOLDER/fsdp-whole/failed-save-<rank>.txt``, what each rank raised when rank 0 could not write.
 """
 
 import json
@@ -42,6 +43,17 @@ def split_prefix_mlp() -> str:
     return "no error"
 
 
+def failed_save(model, folder: Path) -> str:
+    """What each rank hears when rank 0 cannot write a sharded model's checkpoint (the target is a file)."""
+    blocker = folder / "a-file"
+    blocker.touch()
+    try:
+        fxdelta.save(model, blocker)
+    except fxdelta.FxDeltaError as e:
+        return f"{type(e).__name__}: {e}"
+    return "no error"
+
+
 def main(folder: Path, engines: list[str]) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
@@ -57,6 +69,8 @@ def main(folder: Path, engines: list[str]) -> None:
             logits = model(input_ids=training.probe()).logits
         if rank == 0:
             save_file({"logits": logits.contiguous()}, str(out / f"{method}-out.safetensors"))
+        if (engine, method) == ("fsdp-whole", "lora"):  # its deltas are DTensor shards
+            (out / f"failed-save-{rank}.txt").write_text(failed_save(model, folder))
     if "fsdp-layer" in engines:
         (folder / "fsdp-layer" / "prefix-mlp.txt").write_text(split_prefix_mlp())
     dist.destroy_process_group()
