@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fxdelta.compiler.engines import refuse_wrapped
 from fxdelta.compiler.state import BackboneState
 from fxdelta.core.errors import ConfigError
 from fxdelta.core.precision import dtype_name
@@ -98,12 +99,14 @@ def compile(
     ``freeze=True`` then freezes the backbone except the deltas' ``unfrozen_modules`` (by default every
     delta, and the task head of a ``*For<Task>`` model), as ``freeze_module(set_state_dict=False)`` does;
     the state_dict stays whole. ``freeze=False`` leaves every parameter as it was.
-    The delta models are available from ``fxdelta.delta_models(backbone)``. A DDP or
-    ``torch.compile`` wrapper is looked through (the model inside is patched).
+    The delta models are available from ``fxdelta.delta_models(backbone)``. A DataParallel or
+    ``torch.compile`` wrapper is looked through (the model inside is patched); a model that DDP or FSDP
+    already wraps or shards is refused (``UnsupportedModelError``): compile first, then wrap.
     ``delta_dtype`` sets ``DeltaConfig.delta_dtype`` for every delta of ``spec`` that leaves it unset
     (default: float32 deltas on float16/bfloat16 modules, the module's own dtype elsewhere).
     """
     configs = _with_dtype(_configs(spec), delta_dtype)
+    refuse_wrapped(backbone)  # a DDP / FSDP wrapper would not synchronize deltas added inside it
     outer, backbone = backbone, backbone_of(backbone)
     handles: list[DeltaModel] = []
     try:
@@ -146,7 +149,9 @@ def save(backbone: nn.Module, directory: str | os.PathLike, *, format: str = "fx
 
 def load(backbone: nn.Module, directory: str | os.PathLike, **options: Any) -> nn.Module:
     """Attach every delta saved in ``directory`` to ``backbone`` (or the model a wrapper holds; all or none)
-    and return ``backbone``. ``directory`` may also be a PEFT adapter folder (``adapter_config.json``)."""
+    and return ``backbone``. ``directory`` may also be a PEFT adapter folder (``adapter_config.json``).
+    Like ``compile``, it refuses a model DDP or FSDP already wraps: load, then wrap."""
+    refuse_wrapped(backbone)
     load_deltas(directory, backbone_of(backbone), model_class_for, **options)
     return backbone
 

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fxdelta.compiler.engines import refuse_wrapped
 from fxdelta.compiler.examples import example_for
 from fxdelta.compiler.select import Pair, select_targets
 from fxdelta.compiler.state import BackboneState
@@ -50,6 +51,7 @@ def build_entries(
 ) -> Built:
     """The delta modules of ``config`` on ``state.backbone``, as entries named ``name``."""
     backbone = state.backbone
+    refuse_wrapped(backbone)
     pairs = select_targets(backbone, method, config)
     paths = {p for pair in pairs for p in pair if p is not None}
     example = example_for(backbone, example_inputs)

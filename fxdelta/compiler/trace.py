@@ -26,15 +26,33 @@ from fxdelta.core.records import CallRecord
 logger = logging.getLogger(__name__)
 
 
+def _autograd_state() -> tuple:
+    """What a graph cannot hold: grad mode, saved-tensor hooks (activation checkpointing sets them), autocast."""
+    hooks = torch._C._autograd._top_saved_tensors_default_hooks(True)
+    return torch.is_grad_enabled(), hooks is not None, torch.is_autocast_enabled("cpu")
+
+
 class _RegionTracer(fx.Tracer):
-    """Inline only the modules on the way to the targets; keep everything else a leaf."""
+    """Inline only the modules on the way to the targets; keep everything else a leaf.
+
+    A forward that runs part of itself under another autograd state (``torch.utils.checkpoint``, which
+    recomputes it in backward; ``torch.no_grad()``; autocast) does not trace: the graph would keep the
+    operations and silently drop the state (checkpointing would stop saving memory, no_grad would let
+    gradients through). Such a module is no region; the modules it calls can still be.
+    """
 
     def __init__(self, inline: Collection[nn.Module]) -> None:
         super().__init__()
         self._inline = {id(m) for m in inline}
+        self._state = _autograd_state()
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return id(m) not in self._inline
+
+    def create_node(self, *args: Any, **kwargs: Any) -> fx.Node:
+        if _autograd_state() != self._state:
+            raise RuntimeError("the forward changes grad mode, saved-tensor hooks or autocast part way")
+        return super().create_node(*args, **kwargs)
 
 
 def trace_region(root: nn.Module, inline: Collection[nn.Module]) -> fx.GraphModule | None:

@@ -25,7 +25,7 @@ from fxdelta.deltas import freeze, heads, merging, peft_format, pretrained, savi
 from fxdelta.deltas.scope import BackboneScope
 from fxdelta.inspect.graphs import show_graph
 from fxdelta.inspect.log import log, rewritten_graphs
-from fxdelta.io import checkpoint
+from fxdelta.io import checkpoint, distributed
 from fxdelta.methods.registry import method_for
 from fxdelta.spec.config import DEFAULT_UNFROZEN, DeltaConfig
 from fxdelta.spec.heads import task_heads
@@ -279,7 +279,9 @@ class DeltaModel(BackboneScope, merging.Mergeable):
         tensors = saving.chosen_tensors(tensors, state_dict, save_config, save_function, push_to_dc, push_options)
         if peft_format.save_format(format) is peft_format.SaveFormat.PEFT:
             return peft_format.write(finetuned_delta_path, self.backbone, [self], (entry, tensors))
-        checkpoint.write(finetuned_delta_path, self.backbone, [entry], tensors)
+        distributed.write_once(
+            tensors, lambda full: checkpoint.write(finetuned_delta_path, self.backbone, [entry], full)
+        )
 
 
 def discard(handle: DeltaModel) -> None:

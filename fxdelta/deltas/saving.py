@@ -11,7 +11,7 @@ from torch import nn
 
 from fxdelta.core.errors import CheckpointError, ConfigError, FxDeltaError
 from fxdelta.core.paths import delta_parameter_names
-from fxdelta.io import checkpoint
+from fxdelta.io import checkpoint, distributed
 
 # Options that only describe an upload (OpenDelta's Delta Center and Hub pushes).
 PUSH_OPTIONS = frozenset(
@@ -113,4 +113,7 @@ def save_attached(
         tensors.update(own)
     if state_dict is not None:
         tensors = chosen_tensors(tensors, state_dict, True, None, False, {})
-    checkpoint.write(directory, backbone, entries, tensors, beside_others=bool(stale), stale=stale)
+    distributed.write_once(  # sharded tensors (FSDP2) gathered on every rank; rank 0 writes
+        tensors,
+        lambda full: checkpoint.write(directory, backbone, entries, full, beside_others=bool(stale), stale=stale),
+    )

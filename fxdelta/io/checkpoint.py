@@ -20,6 +20,7 @@ from torch import nn
 from fxdelta.core.errors import CheckpointError
 from fxdelta.core.paths import delta_parameter_names
 from fxdelta.io.atomic import interrupted_saves, replace_folder, write_into_folder
+from fxdelta.io.distributed import model_class
 
 TENSORS_FILE = "delta.safetensors"
 CONFIG_FILE = "delta_config.json"
@@ -57,7 +58,7 @@ def write(
     meta = {
         "format": "fxdelta",
         "format_version": FORMAT_VERSION,
-        "backbone": {"class": type(backbone).__name__, "fingerprint": fingerprint(backbone)},
+        "backbone": {"class": model_class(backbone).__name__, "fingerprint": fingerprint(backbone)},
         "deltas": deltas,
     }
     arrays = {k: v.contiguous().cpu() for k, v in tensors.items()}

@@ -16,8 +16,10 @@ from typing import Any, ClassVar, cast
 import torch
 from torch import nn
 
+from fxdelta.core.errors import ConfigError
 from fxdelta.core.per_thread import PerThread
 from fxdelta.core.routes import Route
+from fxdelta.io.distributed import is_sharded
 from fxdelta.methods.peft_prompt import PREFIX
 from fxdelta.methods.prefix_probe import probe_attention
 from fxdelta.sites.prefix import plan_prefix
@@ -47,6 +49,13 @@ class PrefixConfig(DeltaConfig):
         return self.replace(reparameterize=False)
 
 
+_SHARDED_ENCODER = (
+    "prefix tuning with reparameterize=True computes every layer's prefix with one MLP, which lives in the first "
+    "targeted layer; fully_shard on each layer keeps that MLP sharded while the other layers run. Use "
+    "reparameterize=False (or merge() before sharding), or fully_shard the whole model only"
+)
+
+
 class PrefixEncoder(nn.Module):
     """The reparameterization MLP shared by a prefix delta's layers: (P, sum of 2 * heads * head_dim)."""
 
@@ -61,12 +70,28 @@ class PrefixEncoder(nn.Module):
         # Per thread: (the slices, what they were computed for); threads running one model share none.
         self._cache: PerThread[list[Any]] = PerThread(lambda: [None, ()])
 
+    def block(self, index: int) -> torch.Tensor:
+        """Layer ``index``'s (P, heads * (head_dim + v_dim)) block of the MLP's output.
+
+        While autograd records, each layer computes its own block (the hidden layer again, then its rows of
+        the output layer): one result shared by all layers would be one graph that activation checkpointing
+        backpropagates through once per layer (``use_reentrant=True``: freed after the first) or recomputes in
+        one layer only (``use_reentrant=False``: a different number of saved tensors). Without autograd
+        (inference, ``generate()``) every block comes from one MLP call per backbone forward (``slices``).
+        """
+        if not torch.is_grad_enabled():
+            return self.slices()[index]
+        first, out = self.mlp[0], cast(nn.Linear, self.mlp[2])
+        hidden = self.mlp[1](first(self.embedding.weight))  # (P, mid_dim)
+        start = sum(self.widths[:index])
+        rows = slice(start, start + self.widths[index])
+        return nn.functional.linear(hidden, out.weight[rows], out.bias[rows])  # (P, width)
+
     def slices(self) -> list[torch.Tensor]:
         """Every layer's (P, heads * (head_dim + v_dim)) block, computed once per backbone forward.
 
-        The result is reused by the layers of one forward (and by activation checkpointing's replay);
-        it is recomputed after any change to the MLP's parameters, in another grad mode, and at the
-        start of each backbone forward (so two forwards before one optimizer step get two graphs).
+        The result is reused by the layers of one forward; it is recomputed after any change to the MLP's
+        parameters, in another grad mode, and at the start of each backbone forward.
         """
         state = (torch.is_grad_enabled(), tuple(p._version for p in self.parameters()))
         cache = self._cache.get()
@@ -118,7 +143,7 @@ class PrefixDelta(nn.Module):
         encoder = self.prefix_encoder()
         if encoder is None:
             return self.key, self.value
-        kv = encoder.slices()[self.index]  # (P, heads * (head_dim + v_dim))
+        kv = encoder.block(self.index)  # (P, heads * (head_dim + v_dim))
         k, v = kv.split([self.heads * self.head_dim, self.heads * self.v_dim], dim=-1)
         return (
             k.view(self.length, self.heads, self.head_dim).transpose(0, 1).unsqueeze(0),
@@ -146,6 +171,8 @@ class PrefixDelta(nn.Module):
     def forward(self, key_states: torch.Tensor, value_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The prefix for keys/values of shape (B, heads, T, head_dim), in their dtype, expanded to B."""
         k, v = self.prefix()
+        if is_sharded(k) and not is_sharded(key_states):
+            raise ConfigError(_SHARDED_ENCODER)
         b = key_states.shape[0]
         return k.to(key_states.dtype).expand(b, -1, -1, -1), v.to(value_states.dtype).expand(b, -1, -1, -1)
 

@@ -8,7 +8,8 @@
   adds each layer's prefix, its 2D mask gets P ones in front, explicit ``position_ids`` move by P,
   and the caller gets its real cache back. The prefix is then exactly P tokens of past context, as if
   given as past keys and values; every layer of the stack must carry the same P (one mask).
-- ``PrefixRefreshSite``: reparameterized prefixes are computed once per backbone forward.
+- ``PrefixRefreshSite``: without autograd, reparameterized prefixes are computed once per backbone forward
+  (while autograd records, each layer computes its own: ``PrefixEncoder.block``).
 
 Several prefix deltas on one attention are concatenated in creation order (total P = sum).
 ``plan_prefix`` is prefix tuning's ``Method.plan_sites``; the transformers surface it needs is in
