@@ -124,3 +124,15 @@ def test_a_failed_compile_leaves_no_save_pretrained_behind():
     with pytest.raises(fxdelta.FxDeltaError):
         fxdelta.compile(model, {"delta_type": "lora", "modified_modules": ["no_such_module"]})
     assert "save_pretrained" not in model.__dict__
+
+
+def test_save_pretrained_onto_a_file_or_under_one_is_a_checkpoint_error(tmp_path):
+    model = classifier()
+    fxdelta.compile(model, {"delta_type": "lora"})
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(fxdelta.CheckpointError, match="is a file"):
+        model.save_pretrained(tmp_path / "file")
+    assert (tmp_path / "file").read_text() == "mine"
+    with pytest.raises(fxdelta.CheckpointError, match="could not write the delta checkpoint into"):
+        model.save_pretrained(tmp_path / "file" / "under")  # a folder under a file cannot be made
+    assert (tmp_path / "file").read_text() == "mine"

@@ -16,7 +16,7 @@ import functools
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -78,30 +78,38 @@ def check_target(target: Path, allowed: Collection[str], what: str) -> None:
             )
 
 
+@contextlib.contextmanager
+def _named_failures(what: str, where: str) -> Iterator[None]:
+    """Any failure of a write, as a CheckpointError naming what was written and where."""
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except (OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"could not write the {what} {where}: {e}") from e
+
+
 def replace_folder(target: Path, fill: Callable[[Path], None], *, allowed: Collection[str], what: str) -> None:
     """Make ``target`` a folder holding what ``fill(folder)`` writes, replacing it (if any) in one step."""
     check_target(target, allowed, what)
     staging: Path | None = None
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-        fill(staging)
-        _settle(staging)
-        if not target.exists():
-            os.rename(staging, target)
-            staging = None
-        elif _exchange(staging, target):  # staging now holds the old contents
-            shutil.rmtree(staging, ignore_errors=True)
-            staging = None
-        else:
-            _swap_aside(staging, target)
-            staging = None
-        with contextlib.suppress(OSError):
-            _fsync(target.parent)
-    except CheckpointError:
-        raise
-    except (OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"could not write the {what} at {str(target)!r}: {e}") from e
+        with _named_failures(what, f"at {str(target)!r}"):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+            fill(staging)
+            _settle(staging)
+            if not target.exists():
+                os.rename(staging, target)
+                staging = None
+            elif _exchange(staging, target):  # staging now holds the old contents
+                shutil.rmtree(staging, ignore_errors=True)
+                staging = None
+            else:
+                _swap_aside(staging, target)
+                staging = None
+            with contextlib.suppress(OSError):
+                _fsync(target.parent)
     finally:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
@@ -134,21 +142,18 @@ def write_into_folder(
         raise CheckpointError(f"{str(target)!r} is a file; save the {what} into a folder")
     staging: Path | None = None
     try:
-        target.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".fxdelta-tmp-", dir=target))
-        fill(staging)
-        _settle(staging)
-        for name in names:
-            os.replace(staging / name, target / name)
-        for pattern in stale:
-            for old in target.glob(pattern):
-                old.unlink()
-        with contextlib.suppress(OSError):
-            _fsync(target)
-    except CheckpointError:
-        raise
-    except (OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"could not write the {what} into {str(target)!r}: {e}") from e
+        with _named_failures(what, f"into {str(target)!r}"):
+            target.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=".fxdelta-tmp-", dir=target))
+            fill(staging)
+            _settle(staging)
+            for name in names:
+                os.replace(staging / name, target / name)
+            for pattern in stale:
+                for old in target.glob(pattern):
+                    old.unlink()
+            with contextlib.suppress(OSError):
+                _fsync(target)
     finally:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
