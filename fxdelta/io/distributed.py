@@ -9,7 +9,6 @@ same on every rank: rank 0 writes them and no rank waits, so calling save on ran
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Mapping
 
 import torch
@@ -17,19 +16,13 @@ import torch
 from fxdelta.core.errors import CheckpointError
 
 
-@functools.cache
-def _dtensor_type() -> type | None:
-    if not torch.distributed.is_available():
-        return None
-    from torch.distributed.tensor import DTensor
-
-    return DTensor
-
-
 def is_sharded(tensor: torch.Tensor) -> bool:
     """Whether ``tensor`` is a ``DTensor`` (a shard or replica placed on a device mesh)."""
-    kind = _dtensor_type()
-    return kind is not None and isinstance(tensor, kind)
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.tensor import DTensor  # not cached by a decorator: dynamo warns about those
+
+    return isinstance(tensor, DTensor)
 
 
 def model_class(module: torch.nn.Module) -> type:

@@ -77,9 +77,11 @@ class PrefixEncoder(nn.Module):
         the output layer): one result shared by all layers would be one graph that activation checkpointing
         backpropagates through once per layer (``use_reentrant=True``: freed after the first) or recomputes in
         one layer only (``use_reentrant=False``: a different number of saved tensors). Without autograd
-        (inference, ``generate()``) every block comes from one MLP call per backbone forward (``slices``).
+        (inference, ``generate()``) every block comes from one MLP call per backbone forward (``slices``),
+        except under ``torch.compile``: dynamo cannot guard on the cache's version counters (a graph break per
+        layer), and the compiler shares the layers' common hidden layer itself.
         """
-        if not torch.is_grad_enabled():
+        if not torch.is_grad_enabled() and not torch.compiler.is_compiling():
             return self.slices()[index]
         first, out = self.mlp[0], cast(nn.Linear, self.mlp[2])
         hidden = self.mlp[1](first(self.embedding.weight))  # (P, mid_dim)
