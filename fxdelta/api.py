@@ -156,6 +156,25 @@ def load(backbone: nn.Module, directory: str | os.PathLike, **options: Any) -> n
     return backbone
 
 
+def hotswap(backbone: nn.Module, source: str | os.PathLike | DeltaModel, *, name: str | None = None) -> DeltaModel:
+    """Copy ``source`` (a checkpoint folder, fxdelta's or PEFT's, or a delta model) into the tensors of the attached
+    delta ``name`` (default: the only attached one) in place, and return that delta model. It must be the same
+    delta in all but its values (method, config, targets, shapes); a ``torch.compile``-d backbone then runs it
+    with no recompile, where attaching another delta compiles once per delta. Checked before anything changes."""
+    models = delta_models(backbone)
+    if name is None:
+        live = [h for h in models.values() if h.attached]
+        if len(live) != 1:
+            raise ConfigError(
+                f"hotswap copies into one attached delta; this model has {len(live)} attached "
+                f"({[h.name for h in live]}): pass name= (one of {sorted(models)})"
+            )
+        return live[0].hotswap(source)
+    if name not in models:
+        raise ConfigError(f"hotswap: no delta model named {name!r} on this model (it has {sorted(models)})")
+    return models[name].hotswap(source)
+
+
 def show_graph(backbone: nn.Module, path: str, *, file: Any = None) -> None:
     """Print the rewritten fx graph (code and node list) of the site carrying the delta on ``path``."""
     graphs.show_graph(backbone_of(backbone), path, file=file)

@@ -1,4 +1,4 @@
-"""torch.compile on patched models: no graph breaks, and what switching deltas recompiles.
+"""torch.compile on patched models: no graph breaks, and switching deltas without recompiling (hot-swap).
 
 Counted with dynamo's own counters and ``CompileCounter`` (a backend that counts the graphs it is given and
 runs them as they are): the numbers the README states come from here.
@@ -74,6 +74,49 @@ def test_one_graph_per_mode_and_no_graph_break(family, method, compiled):
     assert counter.frame_count == 2  # eval and train
     grads = [p.grad for h in fxdelta.delta_models(model).values() for p in h.parameters()]
     assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+def saved_tasks(tmp_path, family, method, n, **save):
+    """``n`` checkpoint folders of one delta config, each with other values (tasks trained apart)."""
+    folders = []
+    for task in range(n):
+        model = patched(family, method)
+        perturb(model, 10 + task)
+        fxdelta.save(model, tmp_path / f"task{task}", **save)
+        folders.append(tmp_path / f"task{task}")
+    return folders
+
+
+def expected(family, folders, mode):
+    """Each task's logits from a fresh backbone that loaded it (eager)."""
+    out = []
+    for folder in folders:
+        model = ZOO[family].build()
+        fxdelta.load(model, folder)
+        out.append(logits(model.train(mode == "train"), ZOO[family].inputs()))
+    return out
+
+
+@pytest.mark.parametrize(
+    "family,method,mode",
+    [("bert", m, "eval") for m in sorted(METHODS)]
+    + [(f, m, "train") for f in ("gpt2", "llama") for m in ("lora", "prefix")],
+)
+def test_hotswap_serves_many_tasks_with_one_graph(tmp_path, family, method, mode, compiled):
+    """12 hot-swaps among 3 tasks: no recompile, and each swap computes exactly what loading that task does."""
+    folders = saved_tasks(tmp_path, family, method, 3)
+    want = expected(family, folders, mode)
+    model = ZOO[family].build()
+    fxdelta.load(model, folders[0])
+    model.train(mode == "train")
+    inputs = ZOO[family].inputs()
+    fast, counter = compiled(model)
+    assert torch.equal(logits(fast, inputs), want[0])
+    for i in range(12):
+        task = (i + 1) % 3
+        fxdelta.hotswap(fast, folders[task])  # through the torch.compile wrapper
+        assert torch.equal(logits(fast, inputs), want[task])
+    assert counter.frame_count == 1
 
 
 @pytest.mark.parametrize("family", FAMILIES)

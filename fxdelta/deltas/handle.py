@@ -22,6 +22,7 @@ from fxdelta.compiler.state import BackboneState
 from fxdelta.core.errors import ConfigError, FxDeltaError, UnsupportedModelError
 from fxdelta.core.paths import backbone_module_names
 from fxdelta.deltas import freeze, heads, merging, peft_format, pretrained, saving
+from fxdelta.deltas.hotswap import swap_in
 from fxdelta.deltas.scope import BackboneScope
 from fxdelta.inspect.graphs import show_graph
 from fxdelta.inspect.log import log, rewritten_graphs
@@ -252,6 +253,12 @@ class DeltaModel(BackboneScope, merging.Mergeable):
         Methods with nothing to fold raise; ``merge_into_backbone`` folds a delta into the weights.
         """
         merging.fold_training_parts(self)
+        return self
+
+    def hotswap(self, source: str | os.PathLike | DeltaModel) -> DeltaModel:
+        """Copy another task's delta (a checkpoint folder or a delta model, same config and shapes) and its task head
+        into this delta's tensors, in place: a ``torch.compile``-d backbone runs it without recompiling."""
+        swap_in(self, source)
         return self
 
     def checkpoint_entry(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

@@ -13,8 +13,9 @@ from torch import nn
 from fxdelta.compiler.state import BackboneState
 from fxdelta.core.entries import DELTA_NAMESPACE
 from fxdelta.core.errors import CheckpointError, FxDeltaError, UnsupportedModelError
-from fxdelta.deltas import heads, peft_format
+from fxdelta.deltas import heads
 from fxdelta.deltas.handle import DeltaModel, discard
+from fxdelta.deltas.reading import check_dtype, read_folder
 from fxdelta.io import checkpoint, peft_folder
 from fxdelta.methods.registry import config_from_dict, method_for
 from fxdelta.spec.config import DeltaConfig
@@ -43,18 +44,17 @@ def load_deltas(
     if not isinstance(backbone, nn.Module):
         raise UnsupportedModelError(f"deltas are loaded onto a torch.nn.Module, got {type(backbone).__name__}")
     given = tensors is not None  # the user's own dict may hold more than the deltas (a whole state_dict)
-    if peft_folder.is_peft_folder(directory):  # PEFT's adapter folder: its tensors, renamed as fxdelta's
-        if given:
-            raise CheckpointError(f"{directory} is a PEFT adapter folder: state_dict= replaces fxdelta's tensors only")
-        meta, tensors = peft_format.read(directory, backbone)
-        given = False
-    else:
+    if given and peft_folder.is_peft_folder(directory):
+        raise CheckpointError(f"{directory} is a PEFT adapter folder: state_dict= replaces fxdelta's tensors only")
+    if given:
         meta = checkpoint.read_meta(directory)
         if check_fingerprint:
             checkpoint.check_backbone(meta, backbone, directory)
+    else:  # PEFT's adapter folder too: its tensors, renamed as fxdelta's
+        meta, tensors = read_folder(directory, backbone, check_fingerprint=check_fingerprint)
     if config is not None:
         _use_config(meta, config, directory)
-    tensors = dict(tensors) if tensors is not None else checkpoint.read_tensors(directory)
+    tensors = dict(tensors or {})
     params = dict(backbone.named_parameters())
     handles: list[DeltaModel] = []
     restore: dict[str, Any] = {}
@@ -69,7 +69,7 @@ def load_deltas(
             for name in entry.get("unfrozen", []):
                 if name not in params or name not in tensors or params[name].shape != tensors[name].shape:
                     raise CheckpointError(f"{directory}: backbone tensor {name!r} is missing or has the wrong shape")
-                _check_dtype(directory, name, tensors[name], params[name])
+                check_dtype(directory, name, tensors[name], params[name])
                 used.add(name)
                 if name not in head_names:
                     restore[name] = params[name].detach().clone()
@@ -151,24 +151,6 @@ def _build_detached(
     return handle
 
 
-def _lossless(saved: torch.dtype, wanted: torch.dtype) -> bool:
-    """Whether a ``saved`` tensor copies into a ``wanted`` one without changing a value."""
-    if saved == wanted:
-        return True
-    if not (saved.is_floating_point and wanted.is_floating_point):
-        return False
-    s, w = torch.finfo(saved), torch.finfo(wanted)
-    return w.max >= s.max and w.eps <= s.eps and w.tiny <= s.tiny
-
-
-def _check_dtype(directory: Any, key: str, saved: torch.Tensor, wanted: torch.Tensor) -> None:
-    if not _lossless(saved.dtype, wanted.dtype):
-        raise CheckpointError(
-            f"{directory}: tensor {key!r} is saved as {saved.dtype} but the delta holds {wanted.dtype}; copying would "
-            f"change its values. Load it onto a backbone in the dtype it was trained in (model.to({saved.dtype}))"
-        )
-
-
 def _refuse_a_second_copy(handle: DeltaModel, directory: Any) -> None:
     """Loading what is already on the backbone (a re-run cell) would apply the same delta twice."""
     state = BackboneState.find(handle.backbone)
@@ -205,7 +187,7 @@ def _fill(handle: DeltaModel, entry: Mapping[str, Any], tensors: Mapping[str, An
                     f"{directory}: tensor {key!r} has shape {tuple(tensors[key].shape)}, "
                     f"the delta expects {tuple(p.shape)}"
                 )
-            _check_dtype(directory, key, tensors[key], p)
+            check_dtype(directory, key, tensors[key], p)
             p.copy_(tensors[key])
             used.add(key)
     return used
