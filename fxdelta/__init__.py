@@ -10,7 +10,17 @@ OpenDelta-style classes work too: one per method, named after its config (``Lora
 plus ``AutoDeltaConfig``, ``AutoDeltaModel`` and ``Visualization``.
 """
 
-from fxdelta.api import compile, delta_models, load, merge, merge_and_unload, save, show_graph, unmerge
+from fxdelta.api import (
+    compile,
+    delta_models,
+    load,
+    merge,
+    merge_and_unload,
+    reset_deltas,
+    save,
+    show_graph,
+    unmerge,
+)
 from fxdelta.core.errors import (
     CheckpointError,
     ConfigError,
@@ -61,6 +71,7 @@ __all__ = [
     "load",
     "merge",
     "merge_and_unload",
+    "reset_deltas",
     "save",
     "show_graph",
     "unmerge",
