@@ -20,6 +20,7 @@ from fxdelta.deltas.classes import model_class_for
 from fxdelta.deltas.handle import DeltaModel, discard
 from fxdelta.deltas.loading import load_deltas
 from fxdelta.deltas.merged import MergeReport
+from fxdelta.deltas.reset import reset_deltas as _reset
 from fxdelta.inspect import graphs
 from fxdelta.methods.registry import config_from_dict
 from fxdelta.spec.config import DEFAULT_UNFROZEN, DeltaConfig
@@ -173,6 +174,16 @@ def hotswap(backbone: nn.Module, source: str | os.PathLike | DeltaModel, *, name
     if name not in models:
         raise ConfigError(f"hotswap: no delta model named {name!r} on this model (it has {sorted(models)})")
     return models[name].hotswap(source)
+
+
+def reset_deltas(backbone: nn.Module) -> list[str]:
+    """Initialise every delta of ``backbone`` (attached or not; through a wrapper) again, as compile does on the
+    weights it holds now, and return their names. Call it after materialising a backbone the deltas were compiled
+    onto on the ``meta`` device (``to_empty`` + ``load_state_dict``, or ``load_state_dict(assign=True)``): DoRA's
+    magnitudes and soft prompts drawn from the vocabulary then come from the real weights, task-head copies from
+    the real head, and random inits from torch's global generator in compile's order (seed first for the deltas
+    compile would give). Parameters that can hold the values keep their identity; those on ``meta`` are replaced."""
+    return _reset(backbone_of(backbone))
 
 
 def show_graph(backbone: nn.Module, path: str, *, file: Any = None) -> None:

@@ -1,6 +1,8 @@
 """Hot-swap: another task's delta copied into an attached delta's own tensors (what keeps torch.compile from
 recompiling: tests/test_torch_compile.py); everything is checked first, and a refusal changes nothing."""
 
+import warnings
+
 import pytest
 import torch
 import transformers
@@ -122,3 +124,25 @@ def test_a_merged_delta_or_a_lossy_dtype_is_refused(tmp_path):
     with pytest.raises(fxdelta.CheckpointError, match=r"float32 but the delta holds torch\.bfloat16"):
         fxdelta.hotswap(half, tmp_path / "task2")
     assert_unchanged(half, before, {"input_ids": IDS})
+
+
+def test_a_delta_on_the_meta_device_is_refused_and_one_materialised_counts_as_given_values(tmp_path):
+    trained({"delta_type": "lora"}, 2, tmp_path)
+    want = trained({"delta_type": "lora"}, 2)(input_ids=IDS).logits
+    real = classifier()
+    with torch.device("meta"):
+        model = transformers.BertForSequenceClassification(transformers.BertConfig(**_BERT, num_labels=3))
+    with pytest.warns(fxdelta.FxDeltaWarning, match="reset_deltas"):
+        fxdelta.compile(model, {"delta_type": "lora"})
+    with pytest.raises(fxdelta.StateError, match=r"meta device.*reset_deltas"):
+        fxdelta.hotswap(model, tmp_path / "task2")
+    model.to_empty(device="cpu")
+    model.load_state_dict(real.state_dict(), strict=False)
+    for name, b in real.named_buffers():  # non-persistent ones (position ids) are in no state_dict
+        owner, _, leaf = name.rpartition(".")
+        model.get_submodule(owner)._buffers[leaf] = b.clone()
+    model.eval()
+    fxdelta.hotswap(model, tmp_path / "task2")  # values, so the forward does not warn that it has none
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", fxdelta.FxDeltaWarning)
+        assert torch.equal(model(input_ids=IDS).logits, want)

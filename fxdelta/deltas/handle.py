@@ -21,7 +21,7 @@ from fxdelta.compiler.install import apply, match_backbone
 from fxdelta.compiler.state import BackboneState
 from fxdelta.core.errors import ConfigError, FxDeltaError, UnsupportedModelError
 from fxdelta.core.paths import backbone_module_names
-from fxdelta.deltas import freeze, heads, merging, peft_format, pretrained, saving
+from fxdelta.deltas import freeze, heads, merging, meta, peft_format, pretrained, saving
 from fxdelta.deltas.hotswap import swap_in
 from fxdelta.deltas.scope import BackboneScope
 from fxdelta.inspect.graphs import show_graph
@@ -76,6 +76,7 @@ class DeltaModel(BackboneScope, merging.Mergeable):
             self._state_dict_hook: Any = None
             self.heads: heads.HeadSet | None = None  # this delta's own task-head parameters (deltas/heads.py)
             self.attached = False
+            meta.noted_at_build(self)  # built on the meta device: reset_deltas gives it values later
             if attach:
                 self.attach()
         except BaseException:
@@ -110,6 +111,7 @@ class DeltaModel(BackboneScope, merging.Mergeable):
         self._backbone_or(module, "attach")
         merging.refuse_attach(self)
         if not self.attached:
+            meta.refuse_attach(self)
             match_backbone(self.backbone, self.entries)
             others = [e for e in self._state.active if e.name != self.name]
             apply(self._state, others + self.entries)
@@ -168,10 +170,7 @@ class DeltaModel(BackboneScope, merging.Mergeable):
         return sum(p.numel() for p in self.parameters())
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        raise FxDeltaError(
-            f"a delta model is not called; call the backbone ({type(self.backbone).__name__}), "
-            f"which now holds the delta"
-        )
+        raise FxDeltaError(f"a delta model is not called; call the backbone ({type(self.backbone).__name__})")
 
     def __repr__(self) -> str:
         state = "attached" if self.attached else "detached"

@@ -10,9 +10,10 @@ attached deltas with different heads are refused, since a model computes with on
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+import torch
 from torch import nn
 
 from fxdelta.core.errors import StateError
@@ -45,10 +46,18 @@ class HeadSlots:
     def installed(self) -> HeadSet:
         return {name: module._parameters[leaf] for name, module, leaf in self._slots()}  # type: ignore[misc]
 
+    def sync(self) -> None:
+        """While a delta's copy is in, the slots are that copy: ``to_empty`` or ``load_state_dict(assign=True)``
+        put new parameter objects there, which the attached deltas' head set (shared, in place) then names."""
+        if self.current is not None:
+            self.current.update(self.installed())
+
     def fresh_copy(self) -> HeadSet:
         """A new copy of the backbone's own head (the base), placed and typed as the slots are now."""
         own = self.base or self.installed()
         now = self.installed()
+        for n, p in own.items():
+            _refuse_meta(n, p, now[n])
         return {
             n: nn.Parameter(p.detach().to(now[n].device, now[n].dtype).clone(), requires_grad=now[n].requires_grad)
             for n, p in own.items()
@@ -56,14 +65,17 @@ class HeadSlots:
 
     def put(self, heads: HeadSet | None) -> None:
         """Install ``heads`` (None: the backbone's own) into the slots."""
+        now = self.installed()
+        if self.current is not None:
+            self.current.update(now)  # sync(), from the one look at the slots
         if heads is self.current:
             return
-        now = self.installed()
         if self.current is None:
             self.base = now
         wanted = self.base if heads is None else heads
         for name, module, leaf in self._slots():
             p = wanted[name]
+            _refuse_meta(name, p, now[name])
             if p.device != now[name].device or p.dtype != now[name].dtype:  # the backbone moved meanwhile
                 p.data = p.data.to(now[name].device, now[name].dtype)
             module._parameters[leaf] = p
@@ -105,3 +117,57 @@ def on_detach(state: Any, heads: HeadSet | None, others: Iterable[HeadSet | None
         return
     if not any(h is heads for h in others):
         slots.put(None)
+
+
+def own_head(state: Any) -> HeadSet | None:
+    """The backbone's own head as it is now (None: no task heads), for ``recopy``; refused while on meta.
+
+    That is the slots' values when they hold it, or when the kept own head is still on meta (the slots then
+    hold what was loaded into the attached copy: the same names); else the kept own head.
+    """
+    slots = slots_of(state)
+    if slots is None:
+        return None
+    slots.sync()
+    kept = slots.current is not None and not any(p.is_meta for p in slots.base.values())
+    own = slots.base if kept else slots.installed()
+    on_meta = [n for n, p in own.items() if p.is_meta]
+    if on_meta:
+        raise StateError(f"the task head {on_meta[0]} is still on the meta device: materialise the backbone first")
+    return own
+
+
+def recopy(state: Any, owners: Sequence[Any], own: HeadSet) -> None:
+    """Every head set as at compile time, from ``own`` (``own_head``): the deltas' copies equal it, and the
+    backbone's own head is real (``fxdelta.reset_deltas``, after a ``meta`` backbone was materialised).
+    ``owners`` are the delta models (their ``heads``). The parameters in the slots stay (the model's
+    parameters, which an optimizer may hold)."""
+    slots = slots_of(state)
+    if slots is None:
+        return
+    installed = slots.installed()
+    with torch.no_grad():
+        if slots.current is not None:
+            if all(own[n] is p for n, p in installed.items()):
+                # The kept own head was on meta: a copy of the loaded one replaces it.
+                slots.base = {n: _copy(p, p, slots.base.get(n)) for n, p in installed.items()}
+            else:
+                for name, p in installed.items():
+                    p.copy_(own[name])
+        for owner in owners:
+            if owner.heads is not None and owner.heads is not slots.current:
+                owner.heads = {n: _copy(own[n], installed[n], p) for n, p in owner.heads.items()}
+
+
+def _refuse_meta(name: str, p: nn.Parameter, slot: nn.Parameter) -> None:
+    if p.is_meta and not slot.is_meta:  # taken on meta and never materialised (reset_deltas does that)
+        raise StateError(
+            f"the task head {name} kept for this is on the meta device (no values) while the model is not: call "
+            f"fxdelta.reset_deltas(model) after materialising the backbone"
+        )
+
+
+def _copy(value: torch.Tensor, like: torch.Tensor, flags: torch.Tensor | None = None) -> nn.Parameter:
+    """A new parameter holding ``value``, placed and typed as ``like``, trainable as ``flags`` (default: ``like``)."""
+    grad = (flags if flags is not None else like).requires_grad
+    return nn.Parameter(value.detach().to(like.device, like.dtype).clone(), requires_grad=grad)

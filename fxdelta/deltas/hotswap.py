@@ -21,7 +21,7 @@ import torch
 
 from fxdelta.core.entries import DELTA_NAMESPACE
 from fxdelta.core.errors import CheckpointError, ConfigError, StateError
-from fxdelta.deltas import heads
+from fxdelta.deltas import heads, meta
 from fxdelta.deltas.merged import Handle
 from fxdelta.deltas.reading import check_dtype, read_folder
 from fxdelta.methods.registry import config_from_dict
@@ -118,6 +118,9 @@ def _check(handle: Swappable, incoming: Incoming) -> None:
             f"{where} sits on {len(incoming.targets)} modules, {handle.name!r} on {len(handle.targets)} "
             f"(or on others): a hot-swap needs the same targets"
         )
+    stuck = meta.on_meta(handle)
+    if stuck:  # a copy into a meta tensor keeps no value
+        raise StateError(f"{handle.name!r} is on the meta device (e.g. {stuck[0]}): {meta.MATERIALISE}, then hot-swap")
     for e, given in zip(handle.entries, incoming.tensors, strict=True):
         live = e.delta.state_dict()
         if set(given) != set(live):
@@ -173,3 +176,4 @@ def swap_in(handle: Swappable, source: Any) -> None:
             for name, p in own.items():
                 p.copy_(values[name])
             handle.heads = own
+    meta.initialised(handle)  # built on meta, it holds real values now

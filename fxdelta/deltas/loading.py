@@ -15,6 +15,7 @@ from fxdelta.core.entries import DELTA_NAMESPACE
 from fxdelta.core.errors import CheckpointError, FxDeltaError, UnsupportedModelError
 from fxdelta.deltas import heads
 from fxdelta.deltas.handle import DeltaModel, discard
+from fxdelta.deltas.meta import meta_parameter
 from fxdelta.deltas.reading import check_dtype, read_folder
 from fxdelta.io import checkpoint, peft_folder
 from fxdelta.methods.registry import config_from_dict, method_for
@@ -43,6 +44,12 @@ def load_deltas(
     """
     if not isinstance(backbone, nn.Module):
         raise UnsupportedModelError(f"deltas are loaded onto a torch.nn.Module, got {type(backbone).__name__}")
+    on_meta = meta_parameter(backbone)
+    if on_meta is not None:  # deltas built there would hold no values: the checkpoint's would be lost
+        raise CheckpointError(
+            f"{directory}: the backbone is on the meta device (e.g. {on_meta}), where a checkpoint's values cannot "
+            f"be held; materialise it (to_empty + load_state_dict, or load_state_dict(assign=True)), then load"
+        )
     given = tensors is not None  # the user's own dict may hold more than the deltas (a whole state_dict)
     if given and peft_folder.is_peft_folder(directory):
         raise CheckpointError(f"{directory} is a PEFT adapter folder: state_dict= replaces fxdelta's tensors only")

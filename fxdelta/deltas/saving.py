@@ -11,6 +11,7 @@ from torch import nn
 
 from fxdelta.core.errors import CheckpointError, ConfigError, FxDeltaError
 from fxdelta.core.paths import delta_parameter_names
+from fxdelta.deltas import heads
 from fxdelta.io import checkpoint, distributed
 
 # Options that only describe an upload (OpenDelta's Delta Center and Hub pushes).
@@ -74,9 +75,18 @@ def checkpoint_entry(handle: Any, *, all_trainable: bool = False) -> tuple[dict[
         chosen = [n for n, p in params.items() if p.requires_grad]
     else:  # detached, the backbone's trainable tensors may be another delta's: only those this one unfroze
         chosen = list(handle._unfrozen)
+    slots = heads.slots_of(handle._state)
+    if slots is not None:
+        slots.sync()  # the attached copy is what the slots hold now (to_empty, assign=True replace it)
     own = {**params, **(handle.heads or {})}  # its task heads are its own copies, whether attached or not
     unfrozen = sorted(n for n in chosen if n in own and own[n].requires_grad)
     tensors.update((n, own[n].detach()) for n in unfrozen)
+    on_meta = [n for n, t in tensors.items() if t.is_meta]
+    if on_meta:
+        raise CheckpointError(
+            f"delta {handle.name!r} holds tensors on the meta device (no values to save; e.g. {on_meta[0]}): "
+            f"materialise the backbone and call fxdelta.reset_deltas(model), or load the delta's values, first"
+        )
     entry = {
         "name": handle.name,
         "config": handle.config.exported().to_dict(),
