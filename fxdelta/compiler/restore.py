@@ -21,7 +21,7 @@ from torch import nn
 
 from fxdelta.compiler.gate import Gate
 
-_DEPTH = 3  # attribute -> container -> container: deeper state is not written by forwards in practice
+DEPTH = 3  # attribute -> container -> container: deeper state is not written by forwards in practice
 _OPAQUE = (
     torch.Tensor, nn.Module, type, types.FunctionType, types.MethodType, types.BuiltinFunctionType,
     types.ModuleType, str, bytes, int, float, complex, bool, type(None), torch.dtype, torch.device,
@@ -98,7 +98,7 @@ def restored_after(model: nn.Module) -> Iterator[None]:
         seen.update(id(t) for t in tables)
         seen.add(id(m.__dict__))
         for value in m.__dict__.values():
-            _save(value, _DEPTH, seen, reachable)
+            _save(value, DEPTH, seen, reachable)
     try:
         yield
     finally:

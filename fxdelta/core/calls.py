@@ -8,6 +8,7 @@ Hooks read and replace them here, and rebind other arguments by name.
 from __future__ import annotations
 
 import enum
+import functools
 import inspect
 from collections.abc import Mapping
 from typing import Any
@@ -51,8 +52,20 @@ def repack(out: Any, kind: OutKind, hidden: torch.Tensor) -> Any:
 
 def first_param_name(module: nn.Module) -> str | None:
     """The name of the first parameter of ``module.forward`` (None when it has none or no signature)."""
+    forward = module.forward
+    if getattr(forward, "__self__", None) is module and getattr(forward, "__func__", None) is type(module).forward:
+        return _first_param_of_method(type(module).forward)  # the class's own: one signature per class
+    return _first_param(forward)
+
+
+@functools.lru_cache(maxsize=1024)
+def _first_param_of_method(function: Any) -> str | None:
+    return _first_param(functools.partial(function, None))  # ``self`` bound, as in a bound method
+
+
+def _first_param(fn: Any) -> str | None:
     try:
-        params = list(inspect.signature(module.forward).parameters.values())
+        params = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):
         return None
     for p in params:
