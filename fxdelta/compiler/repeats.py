@@ -4,7 +4,7 @@ A layer stack (``ModuleList``, ``Sequential``, ``ModuleDict``) holds many layers
 ``meta`` backbone differ only in attributes their forward does not read when observed (``layer_idx``: used
 with a KV cache, which observation does not pass). Observing each costs a FakeTensor forward (80 layers of
 a 70B-shaped model: seconds); replaying costs a comparison. The first layer called is observed in full, as
-the *representative*, while ``watch`` notes which of the attributes that differ among its siblings it reads.
+the *representative*, while ``watch`` notes which of the attributes that set it apart from a sibling it reads.
 A later sibling replays it (its modules get the representative's records: same calls, same order; the call
 returns new FakeTensors of the representative's output shapes) only if:
 
@@ -197,9 +197,10 @@ class Repeats:
             if sibling is module or before is None or structure(sibling) != shape:
                 continue
             theirs = attributes(sibling, memo)
-            if theirs is not None:
+            if theirs is not None:  # what sets it apart from a sibling; one that differs in more runs itself
                 alike = True
-                differing |= {k for k, v in before.items() if theirs[k] != v}
+                differing = {k for k, v in before.items() if theirs[k] != v}
+                break
         if not alike or shape is None or before is None:
             return forward(*args, **kwargs)
         tree = dict(module.named_modules(remove_duplicate=False))

@@ -15,7 +15,6 @@ uninstalling restores exactly the forward that was there before.
 from __future__ import annotations
 
 import copy
-import inspect
 import math
 from collections.abc import Callable, Sequence
 from typing import Any, cast
@@ -23,6 +22,7 @@ from typing import Any, cast
 import torch.fx as fx
 from torch import nn
 
+from fxdelta.core.calls import forward_parameters
 from fxdelta.core.entries import DELTA_NAMESPACE, Entry
 from fxdelta.core.errors import FxDeltaError, StateError
 from fxdelta.core.paths import relative
@@ -76,9 +76,8 @@ _LITERALS = (type(None), bool, int, str)
 def opaque_supported(module: nn.Module) -> bool:
     """Whether fx can write ``module``'s forward signature as code: named parameters whose defaults
     are literals (not a function, a tensor, ``inf``), no ``*args``/``**kwargs``."""
-    try:
-        params = inspect.signature(module.forward).parameters.values()
-    except (TypeError, ValueError):
+    params = forward_parameters(module)
+    if params is None:
         return False
     for p in params:
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
@@ -94,7 +93,7 @@ def opaque_graph(module: nn.Module) -> fx.Graph:
     graph = fx.Graph()
     args: list[fx.Node] = []
     kwargs: dict[str, fx.node.Argument] = {}
-    for p in inspect.signature(module.forward).parameters.values():
+    for p in forward_parameters(module) or ():
         node = graph.placeholder(p.name, default_value=p.default)  # Parameter.empty: no default
         if p.kind is p.KEYWORD_ONLY:
             kwargs[p.name] = node
