@@ -30,6 +30,7 @@ from fxdelta.core.precision import run
 from fxdelta.core.routes import Route
 from fxdelta.passes import insert_in_out, insert_input, insert_output, insert_parallel
 from fxdelta.sites.base import SiteKind, entry_ids
+from fxdelta.sites.codegen import Codes, graph_module
 
 ORIGINAL = "original"  # the opaque node's name in an opaque site's graph
 
@@ -124,8 +125,16 @@ class GraphSite:
 
     replaces_forward = True
 
-    def __init__(self, path: str, module: nn.Module, pristine: fx.Graph | None, entries: Sequence[Entry]) -> None:
+    def __init__(
+        self,
+        path: str,
+        module: nn.Module,
+        pristine: fx.Graph | None,
+        entries: Sequence[Entry],
+        codes: Codes | None = None,
+    ) -> None:
         self.path = path
+        self._codes = codes  # code generated for equal graphs on this backbone (``codegen``)
         self.module = module
         self.opaque = pristine is None
         self.kind = SiteKind.OPAQUE_GRAPH if self.opaque else SiteKind.TRACED_REGION
@@ -173,8 +182,7 @@ class GraphSite:
                     cur[1] = insert(graph, h_in, cur[1], delta)
                 _in_own_dtype(graph, cur[0] if entry.route is Route.INPUT else cur[1])
         graph.lint()
-        root = self._root()
-        return fx.GraphModule(root, graph, class_name=type(self.module).__name__ + "Patched")
+        return graph_module(self._root(), graph, type(self.module).__name__ + "Patched", self._codes)
 
     def _root(self) -> nn.Module:
         if not self.opaque:
