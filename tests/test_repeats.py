@@ -151,6 +151,14 @@ def test_a_module_held_as_a_plain_attribute_makes_its_layers_run():
     assert replayed == full and len(ran) == 6
 
 
+def test_a_layer_listed_twice_is_observed_as_one_module_called_twice():
+    model = _stack()
+    model.blocks = nn.ModuleList([model.blocks[0], model.blocks[1], model.blocks[0], model.blocks[2]])
+    model.extra = nn.ModuleList([model.blocks[1], Block(9).to("meta")])  # and one listed in a second stack
+    replayed, full, _ = _both(model)
+    assert replayed == full and replayed[0]["blocks.0.fc"].calls == 2
+
+
 def test_compile_on_a_meta_llama_patches_every_layer():
     import transformers
 

@@ -140,9 +140,11 @@ class Repeats:
             if isinstance(m, _STACKS):
                 kinds = Counter(type(c) for c in m.children())
                 for name, child in m.named_children():
-                    # A leaf layer is cheaper to run than to compare; one with real weights is never compared.
-                    if kinds[type(child)] > 1 and child._modules and _valueless(child):
-                        self.stacks[f"{path}.{name}" if path else name] = path
+                    layer = f"{path}.{name}" if path else name
+                    # A leaf layer is cheaper to run than to compare; one with real weights is never compared;
+                    # a module listed earlier elsewhere too has that path only.
+                    if kinds[type(child)] > 1 and child._modules and _valueless(child) and layer in self.modules:
+                        self.stacks[layer] = path
         self.inside: dict[str, set[str]] = {p: set() for p in self.stacks}  # layer -> observed relative paths
         for p in self.observed:
             for a in parent_paths(p):
