@@ -33,6 +33,14 @@ def _cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def _peft_version() -> str:
+    try:
+        import peft
+    except ImportError:
+        return "no peft (the meta compile section is skipped)"
+    return f"peft {peft.__version__}"
+
+
 def load_average() -> float:
     return os.getloadavg()[0]
 
@@ -73,7 +81,7 @@ def document(rows: list[Row], settings: str, wall_seconds: float, quick: bool, l
     return f"""# fxdelta benchmark: the cost fxdelta adds
 
 - date: {now}
-- torch {torch.__version__}, transformers {transformers.__version__}, fxdelta (this tree)
+- torch {torch.__version__}, transformers {transformers.__version__}, {_peft_version()}, fxdelta (this tree)
 - machine: {machine_note()}; 1-min load average {loads[0]:.2f} at start, {loads[1]:.2f} at end
   (other processes on the machine make every number noisier; ratios are robust to slow drift, not to bursts)
 - {mode}; {settings}; wall time {wall_seconds:.0f} s
