@@ -12,8 +12,9 @@ returns new FakeTensors of the representative's output shapes) only if:
   attribute names; no hooks, no forward of someone else's, no module or tensor shared with it);
 - each attribute equals the representative's at its call (``likeness.attributes``), except differing ones
   the representative did not read; its inputs are alike too (FakeTensors by metadata: they hold no values);
-- the representative's call was each of its modules' first, ran modules inside it only, changed nothing it
-  could reach (its attributes, its inputs), and returned fresh tensors, tuples of them, or plain values.
+- the representative's call was each of its modules' first, ran no observed module outside it, changed
+  nothing it could reach (its attributes, its inputs), and returned fresh tensors, inputs it was handed,
+  tuples of them, or plain values.
 
 Why that is sound: a forward is a function of the code it runs and the values it reads; the two calls run
 the same code (same classes) and, step by step, read equal values (attributes equal or never read,

@@ -11,9 +11,10 @@ descriptors are for. Everything is put back when the call ends, however it ends,
 objects included (with what the call wrote into their copies).
 
 Classes are process-wide: other instances of a watched class, in any thread, read what they read without
-it. One call at a time watches (a lock, never waited for: a call that cannot take it is not watched, and
-the caller treats every name as read). torch's own classes and names that cannot be watched faithfully
-(dunder names, names a data descriptor of the class already owns) are never watched.
+it (a ``torch.compile``d forward of one may recompile once, as for any change to its class). One call at
+a time watches (a lock, never waited for: a call that cannot take it is not watched, and the caller
+treats every name as read). torch's own classes and names that cannot be watched faithfully (dunder
+names, names a data descriptor of the class already owns) are never watched.
 """
 
 from __future__ import annotations
