@@ -15,7 +15,7 @@ from timing import Stat
 
 @dataclass(frozen=True)
 class Row:
-    section: str  # forward | train step | compile | context
+    section: str  # forward | train step | compile | meta compile | context
     model: str
     measure: str
     unit: str  # "x" for ratios
@@ -31,6 +31,14 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown CPU"
+
+
+def _peft_version() -> str:
+    try:
+        import peft
+    except ImportError:
+        return "no peft (the meta compile section is skipped)"
+    return f"peft {peft.__version__}"
 
 
 def load_average() -> float:
@@ -73,7 +81,7 @@ def document(rows: list[Row], settings: str, wall_seconds: float, quick: bool, l
     return f"""# fxdelta benchmark: the cost fxdelta adds
 
 - date: {now}
-- torch {torch.__version__}, transformers {transformers.__version__}, fxdelta (this tree)
+- torch {torch.__version__}, transformers {transformers.__version__}, {_peft_version()}, fxdelta (this tree)
 - machine: {machine_note()}; 1-min load average {loads[0]:.2f} at start, {loads[1]:.2f} at end
   (other processes on the machine make every number noisier; ratios are robust to slow drift, not to bursts)
 - {mode}; {settings}; wall time {wall_seconds:.0f} s
@@ -95,6 +103,12 @@ only there to read the ratios; they are not targets and differ across machines.
   call patterns), `plan` (tracing and validating regions), `install` (route passes + fx code generation);
   `other` is the rest (selection, building the delta modules). A warm-up compile before all measurements
   pays the process's one-time costs (lazy imports, FakeTensor set-up).
+- meta compile: LoRA (r=8 on `q_proj` and `v_proj`: fxdelta's default positions for Llama, given to PEFT
+  as `target_modules`) onto a Llama-70B-shaped `LlamaForCausalLM` (hidden 8192, 64 heads, 8 KV heads,
+  MLP 28672, vocab 128256) built on the `meta` device with `llama-70b-<N>L` = N layers: `fxdelta.compile`
+  against PEFT's `get_peft_model`, each on a fresh backbone (not timed), both in every round in a fresh
+  random order (garbage collected before each sample, the collector off during it); `fxdelta / peft` is
+  the ratio per round. Both are checked to patch the same 2N modules first.
 - `*-256`: BERT/GPT-2/Llama base models (no LM head), hidden 256, 4 layers; `*-tiny`: the test zoo's
   configs (hidden 32, 2 layers, batch 2, seq 6) where per-call Python overhead dominates.
 - Peak memory is not measured: CPU torch allocations are invisible to `tracemalloc`.

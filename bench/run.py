@@ -24,6 +24,7 @@ from fxdelta.compiler.state import BackboneState
 from fxdelta.sites.base import HookedSite
 from fxdelta.sites.graph import GraphSite
 
+from meta_compile import bench_meta_compile
 from report import Row, document, load_average, table
 from timing import interleaved, per_round, summarize, timed_methods
 from workloads import (
@@ -50,18 +51,41 @@ class Settings:
     train_rounds: int
     compile_reps: int
     warmup: int  # untimed calls of each variant before its first round
+    meta_layers: tuple[int, ...]  # depths of the Llama-70B-shaped meta backbone
+    meta_reps: int
 
     def describe(self, batch: int) -> str:
         return (
             f"batch {batch}, seq {self.seq} (*-256); forward rounds {self.fwd_rounds} (*-256) / "
             f"{self.tiny_rounds} x {self.tiny_calls} calls (tiny); train rounds {self.train_rounds} "
             f"(x {self.tiny_calls} steps on tiny); "
-            f"compile reps {self.compile_reps}"
+            f"compile reps {self.compile_reps}; meta compile rounds {self.meta_reps} "
+            f"(layers {', '.join(map(str, self.meta_layers))})"
         )
 
 
-FULL = Settings(seq=128, fwd_rounds=30, tiny_rounds=40, tiny_calls=20, train_rounds=15, compile_reps=5, warmup=3)
-QUICK = Settings(seq=16, fwd_rounds=2, tiny_rounds=2, tiny_calls=2, train_rounds=2, compile_reps=1, warmup=1)
+FULL = Settings(
+    seq=128,
+    fwd_rounds=30,
+    tiny_rounds=40,
+    tiny_calls=20,
+    train_rounds=15,
+    compile_reps=5,
+    warmup=3,
+    meta_layers=(20, 40, 80),
+    meta_reps=7,
+)
+QUICK = Settings(
+    seq=16,
+    fwd_rounds=2,
+    tiny_rounds=2,
+    tiny_calls=2,
+    train_rounds=2,
+    compile_reps=1,
+    warmup=1,
+    meta_layers=(2, 4),
+    meta_reps=1,
+)
 BATCH = 4
 COMPILE_PARTS = {
     "observe": (BackboneState, "observe"),
@@ -156,7 +180,8 @@ def _targets(model) -> list[str]:
 def run(s: Settings, only: list[str] | None) -> list[Row]:
     works = [w for w in workloads(BATCH, s.seq) if not only or w.name in only]
     # Pay one-time costs (lazy imports, FakeTensor set-up) outside every measurement.
-    fxdelta.compile(works[0].build(), LORA)
+    if works:
+        fxdelta.compile(works[0].build(), LORA)
     rows: list[Row] = []
     for work in works:
         t0 = time.perf_counter()
@@ -169,7 +194,11 @@ def run(s: Settings, only: list[str] | None) -> list[Row]:
         gc.collect()
         rows += bench_compile(work, s)
         print(f"# {work.name} done in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
-    order = {"forward": 0, "train step": 1, "compile": 2, "context": 3}
+    if not only or "meta" in only:
+        t0 = time.perf_counter()
+        rows += bench_meta_compile(s.meta_layers, s.meta_reps)
+        print(f"# meta compile done in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+    order = {"forward": 0, "train step": 1, "compile": 2, "meta compile": 3, "context": 4}
     return sorted(rows, key=lambda r: order[r.section])  # stable: models keep their order within a section
 
 
@@ -182,7 +211,9 @@ def main(argv: list[str] | None = None) -> int:
         help="the markdown results file (default: bench/results.md, or bench/results-quick.md with --quick)",
     )
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2: the machine's cores)")
-    parser.add_argument("--only", nargs="*", help="run only these workloads (e.g. bert-256 gpt2-tiny)")
+    parser.add_argument(
+        "--only", nargs="*", help="run only these workloads (e.g. bert-256 gpt2-tiny; meta: the meta compile)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)  # fixed so runs compare; 2 = the benchmark machine's cores
     settings = QUICK if args.quick else FULL

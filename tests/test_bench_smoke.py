@@ -25,6 +25,8 @@ FORWARD = [
 ]
 TRAIN = ["lora / naive lora", "lora hooks_only / naive lora"]
 COMPILE = [f"{m}: {p}" for m in ("lora", "adapter", "bitfit") for p in ("total", "observe", "plan", "install", "other")]
+META_MODELS = ["llama-70b-2L", "llama-70b-4L"]  # the quick run's depths
+META = ["lora: fxdelta", "lora: peft", "lora: fxdelta / peft"]
 NUMBER = r"-?\d+\.\d+"
 
 
@@ -42,11 +44,12 @@ def test_quick_bench_writes_every_row(tmp_path: Path) -> None:
     rows = {}
     for line in text.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) == 6 and cells[0] in ("forward", "train step", "compile", "context"):
+        if len(cells) == 6 and cells[0] in ("forward", "train step", "compile", "meta compile", "context"):
             rows[(cells[0], cells[1], cells[2])] = cells[3:]
     expected = [("forward", m, f) for m in MODELS for f in FORWARD]
     expected += [("train step", m, t) for m in MODELS for t in TRAIN]
     expected += [("compile", m, c) for m in MODELS for c in COMPILE]
+    expected += [("meta compile", m, c) for m in META_MODELS for c in META]
     missing = [key for key in expected if key not in rows]
     assert not missing, f"rows missing from the results table: {missing}"
     for key in expected:

@@ -5,7 +5,10 @@ This replaces OpenDelta's real dummy forward. The backbone runs once under ``Fak
 (e.g. ``nn.TransformerEncoderLayer``) skip calling their submodules. Each module of interest has
 its ``forward`` wrapped by a recorder, not hooked, because torch disables some fast paths when
 hooks are present; a module that is not called here would silently never see its delta.
-Everything the forward touched is restored afterwards (``fxdelta.compiler.restore``).
+Everything the forward touched is restored afterwards (``fxdelta.compiler.restore``). A layer that
+would see what an observed sibling saw (same class and structure, equal attributes but ones the sibling
+never read, alike inputs) replays the sibling's observation instead of running (``repeats``): on a
+``meta`` backbone of 80 identical layers that is most of the forward.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from fxdelta.compiler.examples import Example
+from fxdelta.compiler.likeness import OBSERVING
+from fxdelta.compiler.repeats import Repeats
 from fxdelta.compiler.restore import hooks_set_aside, restored_after
 from fxdelta.core.calls import OutKind, first_hidden, first_param_name, hidden_slot
 from fxdelta.core.records import CallRecord, TensorSpec
@@ -89,35 +94,46 @@ def observe(
     paths: Iterable[str],
     *,
     hooked: Iterable[str] = (),
+    replay: bool = True,
 ) -> tuple[dict[str, CallRecord], str | None]:
     """Run ``backbone`` once on FakeTensors and record the first call of each module in ``paths``.
 
     ``hooked`` modules get a no-op forward hook during the run, to learn whether a module that
     is skipped without hooks is called once hooks are present. Returns the records and, if the
-    forward failed, the reason (the records are then partial).
+    forward failed, the reason (the records are then partial). ``replay``: a layer that would see
+    what an observed sibling saw replays its observation (``fxdelta.compiler.repeats``) instead of
+    running; the records are the same.
     """
+    observed = list(dict.fromkeys(paths))
     modules = dict(backbone.named_modules())
     records: dict[str, CallRecord] = {}
     counts: dict[str, int] = {}
     started: dict[str, int] = {}
+    repeats = Repeats(backbone, observed, records, counts, started) if replay else None
 
-    def recorder(path: str, module: nn.Module, original: Any) -> Any:
-        first = first_param_name(module)
+    def recorder(path: str, module: nn.Module, original: Any, recorded: bool) -> Any:
+        first = first_param_name(module) if recorded else None  # of the forward it wraps
+        replayed = repeats.call if repeats is not None and path in repeats.stacks else None
 
         def forward(*args: Any, **kwargs: Any) -> Any:
-            started.setdefault(path, len(started))
-            out = original(*args, **kwargs)
-            counts[path] = counts.get(path, 0) + 1
-            if path not in records:
-                records[path] = _capture(args, kwargs, out, first)
+            if recorded:
+                started.setdefault(path, len(started))
+            out = replayed(path, module, original, args, kwargs) if replayed else original(*args, **kwargs)
+            if recorded:
+                counts[path] = counts.get(path, 0) + 1
+                if path not in records:
+                    records[path] = _capture(args, kwargs, out, first)
             return out
 
+        # Ours only if it wraps the class's forward: likeness tells it from a forward someone else installed.
+        setattr(forward, OBSERVING, getattr(original, "__func__", None) is type(module).forward)
         return forward
 
     def prepare(undo: list[Undo]) -> None:
-        for path in paths:  # restored_after puts the class forwards back
-            module = modules[path]
-            module.forward = recorder(path, module, module.forward)
+        recorded = set(observed)
+        for path in dict.fromkeys([*observed, *(repeats.stacks if repeats else ())]):
+            module = modules[path]  # restored_after puts the class forwards back
+            module.forward = recorder(path, module, module.forward, path in recorded)
         for path in hooked:
             undo.append(modules[path].register_forward_hook(lambda *_: None).remove)
 

@@ -220,10 +220,10 @@ class Planner:
             root = region_of[e.target] if e.target in region_of else (e.target if e.target in regions else None)
             (site_entries[root] if root is not None else opaque.setdefault(e.target, [])).append(e)
         sites: list[Site] = [
-            self.reuse(GraphSite(root, self.modules[root], regions[root].graph, es))
+            self.reuse(GraphSite(root, self.modules[root], regions[root].graph, es, self.cache.codes))
             for root, es in site_entries.items()
         ]
-        sites += [self.reuse(GraphSite(t, self.modules[t], None, es)) for t, es in opaque.items()]
+        sites += [self.reuse(GraphSite(t, self.modules[t], None, es, self.cache.codes)) for t, es in opaque.items()]
         carriers: dict[tuple, InputCarrier] = {}
         for t in [t for t in by_target if t in hooked]:
             mine = {}

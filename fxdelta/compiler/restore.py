@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import types
+from collections import OrderedDict
 from collections.abc import Collection, Iterator
 from typing import Any
 
@@ -21,18 +22,29 @@ from torch import nn
 
 from fxdelta.compiler.gate import Gate
 
-_DEPTH = 3  # attribute -> container -> container: deeper state is not written by forwards in practice
+DEPTH = 3  # attribute -> container -> container: deeper state is not written by forwards in practice
 _OPAQUE = (
     torch.Tensor, nn.Module, type, types.FunctionType, types.MethodType, types.BuiltinFunctionType,
     types.ModuleType, str, bytes, int, float, complex, bool, type(None), torch.dtype, torch.device,
 )  # fmt: skip
 
 
+# Exact types to skip before any isinstance (whose torch.Tensor check runs Python code for every other value).
+_LEAVES = {str, bytes, int, float, complex, bool, type(None), torch.dtype, torch.device, torch.Tensor, nn.Parameter}
+_CONTAINERS = {dict, OrderedDict, list, set}
+
+
 def _save(value: Any, depth: int, seen: set[int], saved: list[tuple[Any, Any]]) -> None:
     """Append (container, copy of its contents) for ``value`` and what it holds, ``depth`` levels down."""
-    if depth == 0 or isinstance(value, _OPAQUE) or id(value) in seen:
+    kind = type(value)
+    if depth == 0 or kind in _LEAVES or id(value) in seen:
+        return
+    if kind not in _CONTAINERS and isinstance(value, _OPAQUE):
         return
     seen.add(id(value))
+    if isinstance(value, (dict, list, set)) and not value:  # most are (a module's hook tables): nothing inside
+        saved.append((value, ()))
+        return
     if isinstance(value, dict):
         saved.append((value, dict(value)))
         children: Any = value.values()
@@ -49,11 +61,15 @@ def _save(value: Any, depth: int, seen: set[int], saved: list[tuple[Any, Any]]) 
         children = value.__dict__.values()
     else:
         return
-    for child in list(children):
-        _save(child, depth - 1, seen, saved)
+    if depth > 1:  # one level further down is still saved
+        for child in list(children):
+            if type(child) not in _LEAVES:
+                _save(child, depth - 1, seen, saved)
 
 
 def _put_back(container: Any, contents: Any) -> None:
+    if not contents and not container:  # empty before and after: nothing to undo
+        return
     if isinstance(container, list):
         container[:] = contents
     else:  # dict or set
@@ -98,7 +114,8 @@ def restored_after(model: nn.Module) -> Iterator[None]:
         seen.update(id(t) for t in tables)
         seen.add(id(m.__dict__))
         for value in m.__dict__.values():
-            _save(value, _DEPTH, seen, reachable)
+            if type(value) not in _LEAVES:
+                _save(value, DEPTH, seen, reachable)
     try:
         yield
     finally:

@@ -22,6 +22,7 @@ from torch import nn
 from fxdelta.compiler.restore import hooks_set_aside
 from fxdelta.core.paths import relative
 from fxdelta.core.records import CallRecord
+from fxdelta.sites.codegen import Codes
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +149,7 @@ class TraceCache:
 
     graphs: dict[tuple, fx.GraphModule | None] = field(default_factory=dict)
     validated: dict[tuple, bool] = field(default_factory=dict)  # (class, generated code, call record)
+    codes: Codes = field(default_factory=Codes)  # graph sites' generated code, shared by equal graphs
 
     def region(
         self,

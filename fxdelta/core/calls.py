@@ -8,6 +8,7 @@ Hooks read and replace them here, and rebind other arguments by name.
 from __future__ import annotations
 
 import enum
+import functools
 import inspect
 from collections.abc import Mapping
 from typing import Any
@@ -49,13 +50,29 @@ def repack(out: Any, kind: OutKind, hidden: torch.Tensor) -> Any:
     return out
 
 
-def first_param_name(module: nn.Module) -> str | None:
-    """The name of the first parameter of ``module.forward`` (None when it has none or no signature)."""
+def forward_parameters(module: nn.Module) -> tuple[inspect.Parameter, ...] | None:
+    """The parameters of ``module.forward`` (without ``self``), or None when it has no signature."""
+    forward = module.forward
+    if getattr(forward, "__self__", None) is module and getattr(forward, "__func__", None) is type(module).forward:
+        return _method_parameters(type(module).forward)  # the class's own: one signature per class
+    return _parameters(forward)
+
+
+@functools.lru_cache(maxsize=1024)
+def _method_parameters(function: Any) -> tuple[inspect.Parameter, ...] | None:
+    return _parameters(functools.partial(function, None))  # ``self`` bound, as in a bound method
+
+
+def _parameters(fn: Any) -> tuple[inspect.Parameter, ...] | None:
     try:
-        params = list(inspect.signature(module.forward).parameters.values())
+        return tuple(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):
         return None
-    for p in params:
+
+
+def first_param_name(module: nn.Module) -> str | None:
+    """The name of the first parameter of ``module.forward`` (None when it has none or no signature)."""
+    for p in forward_parameters(module) or ():
         if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
             return p.name
     return None

@@ -15,7 +15,6 @@ uninstalling restores exactly the forward that was there before.
 from __future__ import annotations
 
 import copy
-import inspect
 import math
 from collections.abc import Callable, Sequence
 from typing import Any, cast
@@ -23,6 +22,7 @@ from typing import Any, cast
 import torch.fx as fx
 from torch import nn
 
+from fxdelta.core.calls import forward_parameters
 from fxdelta.core.entries import DELTA_NAMESPACE, Entry
 from fxdelta.core.errors import FxDeltaError, StateError
 from fxdelta.core.paths import relative
@@ -30,6 +30,7 @@ from fxdelta.core.precision import run
 from fxdelta.core.routes import Route
 from fxdelta.passes import insert_in_out, insert_input, insert_output, insert_parallel
 from fxdelta.sites.base import SiteKind, entry_ids
+from fxdelta.sites.codegen import Codes, graph_module
 
 ORIGINAL = "original"  # the opaque node's name in an opaque site's graph
 
@@ -76,9 +77,8 @@ _LITERALS = (type(None), bool, int, str)
 def opaque_supported(module: nn.Module) -> bool:
     """Whether fx can write ``module``'s forward signature as code: named parameters whose defaults
     are literals (not a function, a tensor, ``inf``), no ``*args``/``**kwargs``."""
-    try:
-        params = inspect.signature(module.forward).parameters.values()
-    except (TypeError, ValueError):
+    params = forward_parameters(module)
+    if params is None:
         return False
     for p in params:
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
@@ -94,7 +94,7 @@ def opaque_graph(module: nn.Module) -> fx.Graph:
     graph = fx.Graph()
     args: list[fx.Node] = []
     kwargs: dict[str, fx.node.Argument] = {}
-    for p in inspect.signature(module.forward).parameters.values():
+    for p in forward_parameters(module) or ():
         node = graph.placeholder(p.name, default_value=p.default)  # Parameter.empty: no default
         if p.kind is p.KEYWORD_ONLY:
             kwargs[p.name] = node
@@ -125,8 +125,16 @@ class GraphSite:
 
     replaces_forward = True
 
-    def __init__(self, path: str, module: nn.Module, pristine: fx.Graph | None, entries: Sequence[Entry]) -> None:
+    def __init__(
+        self,
+        path: str,
+        module: nn.Module,
+        pristine: fx.Graph | None,
+        entries: Sequence[Entry],
+        codes: Codes | None = None,
+    ) -> None:
         self.path = path
+        self._codes = codes  # code generated for equal graphs on this backbone (``codegen``)
         self.module = module
         self.opaque = pristine is None
         self.kind = SiteKind.OPAQUE_GRAPH if self.opaque else SiteKind.TRACED_REGION
@@ -174,8 +182,7 @@ class GraphSite:
                     cur[1] = insert(graph, h_in, cur[1], delta)
                 _in_own_dtype(graph, cur[0] if entry.route is Route.INPUT else cur[1])
         graph.lint()
-        root = self._root()
-        return fx.GraphModule(root, graph, class_name=type(self.module).__name__ + "Patched")
+        return graph_module(self._root(), graph, type(self.module).__name__ + "Patched", self._codes)
 
     def _root(self) -> nn.Module:
         if not self.opaque:
