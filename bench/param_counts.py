@@ -26,14 +26,14 @@ MODELS = {
 
 
 def count(build, method: str, merged: bool = False) -> tuple[int, int, int]:
-    """(delta parameters, patched modules, backbone parameters); ``merged``: after ``merge()``."""
+    """(delta parameters, patched modules, backbone parameters); ``merged``: after ``fold_reparameterization()``."""
     torch.manual_seed(0)
     model = build()
     backbone = sum(p.numel() for p in model.parameters())
     fxdelta.compile(model, {"delta_type": method})
     (handle,) = fxdelta.delta_models(model).values()
     if merged:
-        handle.merge()
+        handle.fold_reparameterization()
     return handle.num_parameters(), len(handle.targets), backbone
 
 

@@ -33,12 +33,12 @@ from fxdelta.core.errors import (
     UnsupportedModelError,
 )
 from fxdelta.core.routes import Route
-from fxdelta.deltas.auto import AutoDeltaConfig, AutoDeltaModel
-from fxdelta.deltas.classes import MODEL_CLASSES
-from fxdelta.deltas.handle import DeltaModel
 from fxdelta.inspect.tree import Visualization
 from fxdelta.methods.activations import NonLinearity
 from fxdelta.methods.registry import METHODS
+from fxdelta.opendelta.auto import AutoDeltaConfig, AutoDeltaModel
+from fxdelta.opendelta.classes import MODEL_CLASSES
+from fxdelta.opendelta.model import DeltaModel
 from fxdelta.spec.config import DeltaConfig
 
 __version__ = "0.1.0"

@@ -1,4 +1,6 @@
-"""The compiler API: ``compile`` a spec onto a backbone, ``save``/``load`` all its deltas, inspect them."""
+"""The function face: ``compile`` a spec onto a backbone, and one call into a feature wing for everything else
+(``formats``: save/load; ``merge``; ``lifecycle``: hot-swap, reset; ``inspect``), each through DDP / FSDP /
+``torch.compile`` wrappers. Delta models are built with the OpenDelta face's classes (``LoraModel``, ...)."""
 
 from __future__ import annotations
 
@@ -15,14 +17,17 @@ from fxdelta.compiler.engines import refuse_wrapped
 from fxdelta.compiler.state import BackboneState
 from fxdelta.core.errors import ConfigError
 from fxdelta.core.precision import dtype_name
-from fxdelta.deltas import merge_all, peft_format, saving
-from fxdelta.deltas.classes import model_class_for
-from fxdelta.deltas.handle import DeltaModel, discard
-from fxdelta.deltas.loading import load_deltas
-from fxdelta.deltas.merged import MergeReport
-from fxdelta.deltas.reset import reset_deltas as _reset
+from fxdelta.deltas.handle import discard
+from fxdelta.deltas.merge_record import MergeReport
+from fxdelta.formats import save as saving
+from fxdelta.formats.load import load_deltas
 from fxdelta.inspect import graphs
+from fxdelta.lifecycle import hotswap as swapping
+from fxdelta.lifecycle.reset import reset_deltas as _reset
+from fxdelta.merge import whole_model
 from fxdelta.methods.registry import config_from_dict
+from fxdelta.opendelta.classes import model_class_for
+from fxdelta.opendelta.model import DeltaModel
 from fxdelta.spec.config import DEFAULT_UNFROZEN, DeltaConfig
 
 Spec = DeltaConfig | Mapping[str, Any] | Sequence[DeltaConfig | Mapping[str, Any]] | str | os.PathLike
@@ -137,15 +142,8 @@ def delta_models(backbone: nn.Module) -> dict[str, DeltaModel]:
 def save(backbone: nn.Module, directory: str | os.PathLike, *, format: str = "fxdelta") -> None:
     """Write one checkpoint folder holding every attached delta of ``backbone`` (or of the model a wrapper holds).
     ``format="peft"``: a PEFT adapter folder (which holds one delta)."""
-    peft = peft_format.save_format(format) is peft_format.SaveFormat.PEFT
     backbone = backbone_of(backbone)
-    handles = saving.attached(BackboneState.find(backbone))
-    if not handles:
-        raise ConfigError(f"{type(backbone).__name__} has no attached deltas to save")
-    if peft:
-        peft_format.write(directory, backbone, handles)
-        return
-    saving.save_attached(backbone, handles, directory)
+    saving.save(backbone, BackboneState.find(backbone), directory, format)
 
 
 def load(backbone: nn.Module, directory: str | os.PathLike, **options: Any) -> nn.Module:
@@ -163,17 +161,7 @@ def hotswap(backbone: nn.Module, source: str | os.PathLike | DeltaModel, *, name
     delta in all but its values (method, config, targets, shapes); a ``torch.compile``-d backbone then runs it
     with no recompile, where attaching another delta compiles once per delta. Checked before anything changes."""
     models = delta_models(backbone)
-    if name is None:
-        live = [h for h in models.values() if h.attached]
-        if len(live) != 1:
-            raise ConfigError(
-                f"hotswap copies into one attached delta; this model has {len(live)} attached "
-                f"({[h.name for h in live]}): pass name= (one of {sorted(models)})"
-            )
-        return live[0].hotswap(source)
-    if name not in models:
-        raise ConfigError(f"hotswap: no delta model named {name!r} on this model (it has {sorted(models)})")
-    return models[name].hotswap(source)
+    return models[swapping.named(models, name)].hotswap(source)
 
 
 def reset_deltas(backbone: nn.Module) -> list[str]:
@@ -197,14 +185,14 @@ def merge(backbone: nn.Module) -> MergeReport:
     changes on probe inputs before and after, and is refused (a ``MergeError``, nothing changed) above its
     dtype's bound; the returned report holds each site's max abs error. ``fxdelta.unmerge`` undoes it exactly."""
     backbone = backbone_of(backbone)
-    return merge_all.merge_all(backbone, list(delta_models(backbone).values()))
+    return whole_model.merge_all(backbone, list(delta_models(backbone).values()))
 
 
 def unmerge(backbone: nn.Module) -> list[str]:
     """Write back, bit for bit, the weights every merge into ``backbone`` overwrote, and attach those deltas
     again; returns their names (latest merge first)."""
     backbone = backbone_of(backbone)
-    return merge_all.unmerge_all(backbone, list(delta_models(backbone).values()))
+    return whole_model.unmerge_all(backbone, list(delta_models(backbone).values()))
 
 
 def merge_and_unload(backbone: nn.Module) -> nn.Module:
@@ -212,5 +200,5 @@ def merge_and_unload(backbone: nn.Module) -> nn.Module:
     delta models): a plain model with the deltas in its weights is left, and returned. Refused while a delta
     that cannot fold is attached (detach it first)."""
     inner = backbone_of(backbone)
-    merge_all.merge_and_unload(inner, list(delta_models(inner).values()))
+    whole_model.merge_and_unload(inner, list(delta_models(inner).values()))
     return backbone

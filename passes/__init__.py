@@ -1,4 +1,6 @@
-"""Graph-rewrite passes, one per route (installed as ``fxdelta.passes``).
+"""Graph-rewrite passes, one per route (installed as ``fxdelta.passes``): ``insert_input.py`` (``h_in``),
+``insert_output.py`` (``h_out``), ``insert_parallel.py`` (``h_in -> h_out``), ``insert_in_out.py`` (a delta
+reading both ``h_in`` and ``h_out``).
 
 The contract every pass keeps:
 - takes an ``fx.Graph``, the node(s) carrying ``h_in``/``h_out``, and the qualified name of the

@@ -1,12 +1,13 @@
 """The tree is the pipeline: imports flow one way, files stay small, the planner names no method."""
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
 
-from fxdelta.deltas.classes import model_class_for
 from fxdelta.methods.registry import ALIASES, METHODS
+from fxdelta.opendelta.classes import model_class_for
 
 from import_graph import circles, folder_of, import_graph, module_files
 
@@ -22,9 +23,18 @@ LAYERS = [
     "fxdelta.compiler",
     "fxdelta.methods",
     "fxdelta.inspect",
+    # The user half: a small handle, feature wings over it, two faces over the wings.
     "fxdelta.deltas",
+    "fxdelta.formats",
+    "fxdelta.merge",
+    "fxdelta.lifecycle",
+    "fxdelta.serve",
+    "fxdelta.opendelta",
     "fxdelta.api",
     "fxdelta",
+    # Above the package: cli/ and web/ use the public API only (test_rooms_above_the_package_use_...).
+    "fxdelta.cli",
+    "fxdelta.web",
     "fxdelta.demo",
 ]
 # The stages that must work for any method: they never name one (core/routes.py names the routes and
@@ -39,6 +49,11 @@ METHOD_AGNOSTIC = [
     "fxdelta/spec",
     "fxdelta/compiler",
     "fxdelta/deltas",
+    "fxdelta/formats",
+    "fxdelta/merge",
+    "fxdelta/lifecycle",
+    "fxdelta/serve",
+    "fxdelta/opendelta",
     "fxdelta/inspect",
     "fxdelta/io",
     "fxdelta/sites/graph.py",
@@ -132,3 +147,25 @@ def test_every_method_is_registered_once_and_faces_the_package():
         assert all(model_class_for(alias) is model_class for alias in method.aliases)
         assert getattr(fxdelta, method.config.__name__) is method.config
         assert model_class.__name__ in fxdelta.__all__ and method.config.__name__ in fxdelta.__all__
+
+
+@pytest.mark.parametrize("package", sorted(m for m, f in FILES.items() if f.name == "__init__.py" and m != "fxdelta"))
+def test_each_folder_docstring_names_its_files(package):
+    # A newcomer reads a folder's __init__ first: it names every file there and what it owns, and nothing gone.
+    init = FILES[package]
+    doc = ast.get_docstring(ast.parse(init.read_text())) or ""
+    files = {f.name for f in init.parent.glob("*.py") if f.name != "__init__.py"}
+    named = set(re.findall(r"``(\w+\.py)``", doc))
+    assert files - named == set(), f"{init.relative_to(ROOT)} does not name {sorted(files - named)}"
+    assert named - files == set(), f"{init.relative_to(ROOT)} names files that are not there: {sorted(named - files)}"
+
+
+ABOVE_THE_PACKAGE = ["fxdelta.cli", "fxdelta.web"]
+
+
+@pytest.mark.parametrize("module", sorted(m for m in GRAPH if folder_of(m) in ABOVE_THE_PACKAGE))
+def test_rooms_above_the_package_use_only_the_public_api(module):
+    # The CLI, the web page and the demos are users: they see what a user sees, so the API serves them all.
+    room = folder_of(module)
+    private = sorted(t for t in GRAPH[module] if t != "fxdelta" and folder_of(t) != room)
+    assert private == [], f"{module} reaches past the public API: {private}"

@@ -157,7 +157,7 @@ def test_parameter_counts_follow_the_formula(method):
     fxdelta.compile(model, {"delta_type": method.split()[0]})
     (handle,) = fxdelta.delta_models(model).values()
     if "merged" in method:
-        handle.merge()
+        handle.fold_reparameterization()
     assert handle.num_parameters() == formula(method, d, layers, ff)
 
 

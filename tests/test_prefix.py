@@ -99,7 +99,7 @@ def test_reparameterized_training_merge_and_checkpoint(tmp_path):
     with torch.no_grad():
         trained = zm.run(model, x)
     handle.save_finetuned(tmp_path / "prefix")  # saves the prefixes the MLP makes
-    handle.merge()
+    handle.fold_reparameterization()
     assert not handle.config.reparameterize and SiteKind.PREFIX_REFRESH not in {
         s.kind for s in BackboneState.find(model).sites
     }

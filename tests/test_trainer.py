@@ -93,7 +93,10 @@ def test_save_pretrained_with_nothing_attached_saves_the_plain_model(tmp_path):
     fxdelta.delta_models(model)["lora"].detach()
     model.save_pretrained(tmp_path / "plain")
     again = transformers.BertForSequenceClassification.from_pretrained(tmp_path / "plain").eval()
-    assert torch.equal(again(input_ids=IDS).logits, model(input_ids=IDS).logits)
+    mine, saved = model.state_dict(), again.state_dict()
+    assert saved.keys() == mine.keys() and all(torch.equal(saved[k], mine[k]) for k in mine)  # the plain model
+    # Equal weights, yet transformers' own reload is not bit-exact on every CPU (1.9e-9 apart seen): a tolerance.
+    torch.testing.assert_close(again(input_ids=IDS).logits, model(input_ids=IDS).logits, rtol=0, atol=1e-6)
 
 
 def test_save_pretrained_writes_every_trained_tensor_when_nothing_was_frozen(tmp_path):

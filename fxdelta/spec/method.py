@@ -152,7 +152,7 @@ class Method:
     locate: Callable[[nn.Module], str] | None = None
     plan_sites: SitePlanner | None = None
     # Folds what only serves training into the delta module (prefix tuning's MLP into its prefixes).
-    merge: Callable[[nn.Module], None] | None = None
+    fold_reparameterization: Callable[[nn.Module], None] | None = None
     # Folds one delta module into its target's weights (fxdelta.merge); None if the method cannot,
     # for the reason ``fold_refusal`` gives.
     fold: Fold | None = None

@@ -2,7 +2,7 @@
 
 A method with a PEFT counterpart sets ``Method.peft`` to a ``PeftFormat``: its ``peft_type``, the
 PEFT config fields its two functions read, the values other fields must hold, and the tensor names
-it uses. ``fxdelta.deltas.peft_format`` does everything the methods share (the folder, the
+it uses. ``fxdelta.formats.peft`` does everything the methods share (the folder, the
 ``base_model.model.`` key prefix, target names, ``modules_to_save``, the check of every field).
 """
 

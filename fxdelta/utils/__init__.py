@@ -1,1 +1,1 @@
-"""Small helpers under OpenDelta's module paths (``fxdelta.utils.inspect``)."""
+"""Small helpers under OpenDelta's module paths: ``inspect.py`` (``inspect_optimizer_statistics``)."""

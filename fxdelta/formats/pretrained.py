@@ -22,7 +22,7 @@ from torch import nn
 
 from fxdelta.compiler.state import BackboneState
 from fxdelta.core.errors import FxDeltaError
-from fxdelta.deltas import saving
+from fxdelta.formats import save
 
 # The weight files transformers writes (and from_pretrained reads): a full model saved here before.
 STALE_WEIGHTS = (
@@ -63,7 +63,7 @@ class DeltaSavePretrained:
         cls_save = type(self.backbone).save_pretrained  # type: ignore[attr-defined]
         if unknown:
             raise TypeError(f"save_pretrained() of a model with deltas got unexpected keyword arguments {unknown}")
-        handles = saving.attached(BackboneState.find(self.backbone))
+        handles = save.attached(BackboneState.find(self.backbone))
         if not handles:  # the bare backbone: the class's own save
             cls_save(self.backbone, save_directory, is_main_process, state_dict, push_to_hub, **kwargs)
             return
@@ -75,21 +75,21 @@ class DeltaSavePretrained:
         if kwargs.get("variant"):
             raise FxDeltaError(f"save_pretrained(variant={kwargs['variant']!r}): a delta checkpoint has no variants")
         if is_main_process:
-            saving.save_attached(
+            save.save_attached(
                 self.backbone, handles, save_directory, state_dict, all_trainable=True, stale=STALE_WEIGHTS
             )
 
 
-def install(backbone: nn.Module) -> None:
-    """Give a transformers model with deltas the ``save_pretrained`` above (once; other modules: nothing)."""
+def install(state: BackboneState) -> None:
+    """Give a transformers model with deltas the ``save_pretrained`` above (once; other modules: nothing). It goes
+    with fxdelta's state (``BackboneState.on_drop``): a failed compile, or the last delta gone, leaves no trace."""
+    backbone = state.backbone
     if _is_pretrained(backbone) and not isinstance(backbone.__dict__.get("save_pretrained"), DeltaSavePretrained):
         backbone.__dict__["save_pretrained"] = DeltaSavePretrained(backbone)
+    if _uninstall not in state.on_drop:
+        state.on_drop.append(_uninstall)
 
 
-def uninstall_if_unused(backbone: nn.Module) -> None:
-    """Take the ``save_pretrained`` above away again once the backbone holds no delta model (a failed compile
-    leaves no trace)."""
-    if BackboneState.find(backbone) is None and isinstance(
-        backbone.__dict__.get("save_pretrained"), DeltaSavePretrained
-    ):
+def _uninstall(backbone: nn.Module) -> None:
+    if isinstance(backbone.__dict__.get("save_pretrained"), DeltaSavePretrained):
         del backbone.__dict__["save_pretrained"]

@@ -1,4 +1,4 @@
-"""What a delta's folds write, and where the merge must be checked; nothing is written here.
+"""What merging a delta writes into the weights, and where it is checked; nothing is written here.
 
 A method's fold gives new values for its target's own parameters, or (``ScaleReader``) a per-feature
 scale that the target cannot hold: an activation's output scaled, as IA3 does on ``ff.act``. That
@@ -19,7 +19,7 @@ from torch import nn
 from fxdelta.compiler.state import BackboneState
 from fxdelta.core.errors import MergeError
 from fxdelta.core.paths import parent_paths
-from fxdelta.deltas.merged import Handle
+from fxdelta.deltas.merge_record import Handle
 from fxdelta.methods.folding import out_in, wide
 from fxdelta.spec.method import ScaleReader, is_linear_like
 from fxdelta.spec.selectors import resolve
@@ -29,7 +29,7 @@ READER = "ff.w2"  # the common-structure name of the layer that reads the FFN's 
 
 
 @dataclass(frozen=True)
-class Folded:
+class PlannedWrites:
     """(name, parameter, new value) per parameter written, and the module paths to run before and after."""
 
     writes: list[tuple[str, nn.Parameter, torch.Tensor]]
@@ -86,7 +86,7 @@ def _checked_at(state: BackboneState, paths: list[str]) -> str:
     return next((p for p in recorded if state.records[p].all_tensor_inputs), recorded[0])
 
 
-def folded(state: BackboneState, handle: Handle) -> Folded:
+def planned_writes(state: BackboneState, handle: Handle) -> PlannedWrites:
     """What merging ``handle`` writes (checked: shapes, ties, finite values) and where it is checked."""
     fold = handle.method.fold
     backbone = state.backbone
@@ -141,4 +141,4 @@ def folded(state: BackboneState, handle: Handle) -> Folded:
             pending[id(p)] = (shared[0], p, value)
     # A reader's check runs the sites it covers; every other site is run on its own too (a check further
     # out may leave some branch unrun: a cross-attention without encoder states).
-    return Folded(list(pending.values()), [p for p in dict.fromkeys(probes) if p not in covered or p in readers])
+    return PlannedWrites(list(pending.values()), [p for p in dict.fromkeys(probes) if p not in covered or p in readers])

@@ -8,11 +8,11 @@ magnitude, soft prompts drawn from the vocabulary) comes from the real ones, and
 torch's global generator in compile's order: ``torch.manual_seed(s); reset_deltas(model)`` gives the deltas
 ``torch.manual_seed(s); compile(...)`` gives on the same real weights.
 
-The new values go into the existing delta modules: a real tensor of the same shape, dtype and device is
-overwritten in place (the parameter objects stay, so optimizers and compiled graphs keep them); a tensor on
-``meta`` (or of another dtype or device) is replaced by the new one. Task-head copies are copied again from
-the backbone's head (``fxdelta.deltas.heads.recopy``). Everything is built and checked before anything
-changes; forwards of other threads wait at the gate meanwhile.
+The new values go into the existing delta modules (``fxdelta.deltas.values``, placement ``GIVEN``): a real
+tensor of the same shape, dtype and device is overwritten in place (the parameter objects stay, so optimizers
+and compiled graphs keep them); a tensor on ``meta`` (or of another dtype or device) is replaced by the new
+one. Task-head copies are copied again from the backbone's head (``fxdelta.deltas.heads.recopy``). Everything
+is built and checked before anything changes; forwards of other threads wait at the gate meanwhile.
 """
 
 from __future__ import annotations
@@ -28,14 +28,15 @@ from fxdelta.core.errors import FxDeltaError, StateError
 from fxdelta.core.precision import own_parameter
 from fxdelta.core.records import TensorSpec
 from fxdelta.deltas import heads, meta
-from fxdelta.deltas.handle import DeltaModel
+from fxdelta.deltas.handle import Handle
+from fxdelta.deltas.values import Placement, check_values, write_values
 from fxdelta.spec.method import TargetInfo
 
 
 def reset_deltas(backbone: nn.Module) -> list[str]:
     """Initialise every delta of ``backbone`` (attached or not) again; returns their names, in creation order."""
     state = BackboneState.find(backbone)
-    handles = [h for h in state.handles if isinstance(h, DeltaModel)] if state is not None else []
+    handles = [h for h in state.handles if isinstance(h, Handle)] if state is not None else []
     if state is None or not handles:
         return []
     merged = [h.name for h in handles if h.merged]
@@ -48,9 +49,9 @@ def reset_deltas(backbone: nn.Module) -> list[str]:
     with state.gate.changing():  # no forward sees half-reset deltas
         fresh = [_rebuilt(state, h, modules) for h in handles]  # all of them before anything changes
         head = heads.own_head(state)
-        for h, deltas in zip(handles, fresh, strict=True):
-            for e, new in zip(h.entries, deltas, strict=True):
-                _take_values(e, new)
+        for h, values in zip(handles, fresh, strict=True):
+            write_values(state, h.entries, values, Placement.GIVEN)
+            for e in h.entries:
                 ref = own_parameter(modules[e.target])
                 e.backbone_dtype = ref.dtype if ref is not None else e.backbone_dtype
         if head is not None:
@@ -60,8 +61,9 @@ def reset_deltas(backbone: nn.Module) -> list[str]:
     return [h.name for h in handles]
 
 
-def _rebuilt(state: BackboneState, handle: DeltaModel, modules: dict[str, nn.Module]) -> list[nn.Module]:
-    """``handle``'s delta modules as its method builds them on the backbone now (the order compile builds in)."""
+def _rebuilt(state: BackboneState, handle: Handle, modules: dict[str, nn.Module]) -> list[dict[str, torch.Tensor]]:
+    """The values of ``handle``'s delta modules as its method builds them on the backbone now (the order compile
+    builds in), checked against the live ones."""
     method, config = handle.method, handle.config
     infos = [_target_info(state, handle, e, modules) for e in handle.entries]
     deltas = [method.build(config, info) for info in infos]
@@ -79,10 +81,14 @@ def _rebuilt(state: BackboneState, handle: DeltaModel, modules: dict[str, nn.Mod
                     f"delta {handle.name!r} on {e.target or '<root>'} starts with non-finite values in {name}, "
                     f"computed from the backbone's weights there: load real weights into the backbone first"
                 )
-    return deltas
+    values = [{**dict(d.named_parameters()), **dict(d.named_buffers())} for d in deltas]
+    where = f"reset_deltas({handle.name!r})"
+    names = [e.qualified_name for e in handle.entries]
+    check_values(handle.entries, values, where, names=names, source="the rebuilt delta", placement=Placement.GIVEN)
+    return values
 
 
-def _target_info(state: BackboneState, handle: DeltaModel, entry: Entry, modules: dict[str, nn.Module]) -> TargetInfo:
+def _target_info(state: BackboneState, handle: Handle, entry: Entry, modules: dict[str, nn.Module]) -> TargetInfo:
     """What compile saw of the target (shapes, the probe's findings), placed as the backbone's weights are now."""
     reads, target = state.records[entry.reads], state.records[entry.target]
     place = meta.weight_near(modules, entry.target)
@@ -104,27 +110,3 @@ def _target_info(state: BackboneState, handle: DeltaModel, entry: Entry, modules
         probed=entry.probed,
         delta_dtype=handle.config.delta_dtype,
     )
-
-
-def _take_values(entry: Entry, new: nn.Module) -> None:
-    """Put ``new``'s tensors into ``entry.delta``: in place where the old tensor can hold them, else replaced."""
-    old = entry.delta
-    fresh = {**dict(new.named_parameters()), **dict(new.named_buffers())}
-    current = {**dict(old.named_parameters()), **dict(old.named_buffers())}
-    if fresh.keys() != current.keys():  # the same method and config build the same module tree
-        raise FxDeltaError(
-            f"fxdelta: the rebuilt delta on {entry.target or '<root>'} has other tensors than the one it resets "
-            f"({sorted(fresh.keys() ^ current.keys())[:3]}; a reset bug, please report it)"
-        )
-    for name, value in fresh.items():
-        t = current[name]
-        owner, _, leaf = name.rpartition(".")
-        module = old.get_submodule(owner)
-        if not t.is_meta and (t.shape, t.dtype, t.device) == (value.shape, value.dtype, value.device):
-            with torch.no_grad():
-                t.copy_(value)
-            t.grad = None
-        elif isinstance(t, nn.Parameter):
-            module._parameters[leaf] = nn.Parameter(value.detach(), requires_grad=t.requires_grad)
-        else:
-            module._buffers[leaf] = value.detach()

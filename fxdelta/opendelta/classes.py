@@ -16,11 +16,11 @@ import torch
 from torch import nn
 
 from fxdelta.core.errors import CheckpointError
-from fxdelta.deltas import peft_format
-from fxdelta.deltas.handle import DeltaModel
-from fxdelta.deltas.loading import load_deltas
-from fxdelta.io import checkpoint, peft_folder
+from fxdelta.formats.folders import saved_delta_type
+from fxdelta.formats.load import load_deltas
+from fxdelta.io import checkpoint
 from fxdelta.methods.registry import ALIASES, METHODS, config_from_dict
+from fxdelta.opendelta.model import DeltaModel
 from fxdelta.spec.config import DeltaConfig
 from fxdelta.spec.method import Method
 
@@ -74,14 +74,11 @@ def load_finetuned(
     ``check_hash=False`` skips the backbone fingerprint check (names and shapes are still checked).
     ``cache_dir``, ``force_download``, ``local_files_only`` and the other hub download options change
     nothing: fxdelta reads local folders only. Other options (``example_inputs``, ``hooks_only``) go
-    to the delta model. A PEFT adapter folder (``adapter_config.json``) loads too (``fxdelta.deltas.peft_format``).
+    to the delta model. A PEFT adapter folder (``adapter_config.json``) loads too (``fxdelta.formats.peft``).
     """
     for name in checkpoint.DOWNLOAD_OPTIONS & options.keys():  # they change nothing for a local folder
         del options[name]
-    if peft_folder.is_peft_folder(finetuned_delta_path):  # PEFT's adapter folder (one adapter)
-        saved = peft_format.delta_type_of(finetuned_delta_path)
-    else:
-        saved = checkpoint.single_entry(finetuned_delta_path)["config"].get("delta_type")
+    saved = saved_delta_type(finetuned_delta_path)  # a PEFT adapter folder holds one adapter too
     if expected is not None and saved != expected.delta_type:
         wanted = expected.__name__.removesuffix("Config") + "Model"
         raise CheckpointError(

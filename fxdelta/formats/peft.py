@@ -1,18 +1,21 @@
 """PEFT's adapter format, both ways: a delta as a folder ``peft.PeftModel.from_pretrained`` loads, and a
 PEFT adapter folder as the fxdelta delta it describes.
 
-The method's ``PeftFormat`` (``Method.peft``) maps its config fields and tensors; this file does the
-rest: tensor keys (``base_model.model.<module>.<name>``; prompt learning: ``<name>`` at the top),
-``task_type``, and backbone tensors a delta left trainable (task heads) as PEFT's ``modules_to_save``,
-which PEFT saves as whole modules.
+The method's ``PeftFormat`` (``Method.peft``, in each method's ``methods/peft_*.py``) maps its config
+fields and tensors; PEFT's config rules that every method shares are in ``peft_rules.py``; this file does
+the rest: the folder on disk (``adapter_config.json`` + ``adapter_model.safetensors``, written atomically,
+read strictly, nothing unpickled), tensor keys (``base_model.model.<module>.<name>``; prompt learning:
+``<name>`` at the top), ``task_type``, and backbone tensors a delta left trainable (task heads) as PEFT's
+``modules_to_save``, which PEFT saves as whole modules.
 """
 
 from __future__ import annotations
 
-import enum
+import json
 import os
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,25 +23,17 @@ from torch import nn
 
 from fxdelta.compiler.select import select_targets
 from fxdelta.core.entries import DELTA_NAMESPACE
-from fxdelta.core.errors import CheckpointError, ConfigError
+from fxdelta.core.errors import CheckpointError
 from fxdelta.core.paths import backbone_module_names
-from fxdelta.deltas import peft_fields
-from fxdelta.io import peft_folder
+from fxdelta.formats import peft_rules
+from fxdelta.io.atomic import replace_folder
 from fxdelta.spec.method import Method
 from fxdelta.spec.peft import PeftTarget
 
-
-class SaveFormat(enum.Enum):
-    FXDELTA = "fxdelta"  # delta.safetensors + delta_config.json (the default)
-    PEFT = "peft"  # adapter_model.safetensors + adapter_config.json
-
-
-def save_format(value: Any) -> SaveFormat:
-    try:
-        return SaveFormat(value)
-    except ValueError:
-        choices = ", ".join(repr(f.value) for f in SaveFormat)
-        raise ConfigError(f"format must be one of {choices}, got {value!r}") from None
+CONFIG_FILE = "adapter_config.json"
+TENSORS_FILE = "adapter_model.safetensors"
+PICKLED_FILE = "adapter_model.bin"  # PEFT's older (pickled) weights file: never read
+README_FILE = "README.md"  # PEFT writes a model card beside its files; a folder may hold one
 
 
 def _prefix(prompt_learning: bool) -> str:
@@ -62,7 +57,7 @@ def write(
         )
     (handle,) = handles
     method: Method = handle.method
-    fmt = peft_fields.format_of(method)
+    fmt = peft_rules.format_of(method)
     entry, tensors = checkpoint if checkpoint is not None else handle.checkpoint_entry()
     modules = dict(backbone.named_modules())
     targets = []
@@ -80,8 +75,8 @@ def write(
     if inside:  # PEFT trains a module in modules_to_save whole, and patches nothing inside it
         raise CheckpointError(f"the delta patches {inside[:3]}, inside a module it also leaves trainable whole")
     out.update((prefix + k, v) for k, v in saved.items())
-    task = peft_fields.task_type(backbone)
-    unsaved = peft_fields.unsaved_task_heads(task, backbone_module_names(backbone), whole)
+    task = peft_rules.task_type(backbone)
+    unsaved = peft_rules.unsaved_task_heads(task, backbone_module_names(backbone), whole)
     if unsaved and fmt.prompt_learning:
         raise CheckpointError(
             f"PEFT's {task} class loads the task head {unsaved} from the adapter, and this delta does not save it; "
@@ -93,7 +88,7 @@ def write(
         task = None
     if fmt.prompt_learning and task is None:
         raise CheckpointError(
-            f"PEFT applies {fmt.peft_type} through its task classes ({list(peft_fields.TASK_TYPES)}), and a "
+            f"PEFT applies {fmt.peft_type} through its task classes ({list(peft_rules.TASK_TYPES)}), and a "
             f"{type(backbone).__name__} has none; save this delta in fxdelta's format"
         )
     config = {
@@ -104,7 +99,7 @@ def write(
         "modules_to_save": whole or None,
         **fields,
     }
-    peft_folder.write(directory, config, out)
+    _write_folder(directory, config, out)
 
 
 def _modules_to_save(
@@ -139,25 +134,25 @@ def _modules_to_save(
 
 def delta_type_of(directory: str | os.PathLike) -> str:
     """The fxdelta method a PEFT adapter folder holds."""
-    config, _ = peft_folder.read(directory)
-    return peft_fields.method_of(config, directory).delta_type
+    config, _ = _read_folder(directory)
+    return peft_rules.method_of(config, directory).delta_type
 
 
 def read(directory: str | os.PathLike, backbone: nn.Module) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """A PEFT adapter folder as fxdelta's checkpoint record (``{"deltas": [entry]}``) and tensors."""
-    config, tensors = peft_folder.read(directory)
-    method = peft_fields.method_of(config, directory)
-    fmt = peft_fields.format_of(method)
+    config, tensors = _read_folder(directory)
+    method = peft_rules.method_of(config, directory)
+    fmt = peft_rules.format_of(method)
     try:
-        peft_fields.check_fields(config, fmt, directory)
+        peft_rules.check_fields(config, fmt, directory)
         names = backbone_module_names(backbone)
-        saved = peft_fields.saved_modules(config, names)
+        saved = peft_rules.saved_modules(config, names)
         prefix = _prefix(fmt.prompt_learning)
         if fmt.prompt_learning:
             targets = [t for _, t in select_targets(backbone, method, method.config())]
             grouped = {"": {k: tensors.pop(k) for k in list(tensors) if k in fmt.tensor_names}}
         else:
-            targets = peft_fields.targets(config, names, saved)
+            targets = peft_rules.targets(config, names, saved)
             grouped = _group(tensors, prefix, fmt.tensor_names)
             stray = sorted(set(grouped) - set(targets))
             if stray:
@@ -209,3 +204,52 @@ def _saved_tensors(
             raise CheckpointError(f"buffer {name} of a module in modules_to_save differs from this backbone's")
     order = {n: i for i, n in enumerate(params)}
     return sorted(unfrozen, key=order.__getitem__), out
+
+
+def is_peft_folder(directory: Any) -> bool:
+    """Whether ``directory`` is a folder holding a PEFT ``adapter_config.json``."""
+    return isinstance(directory, (str, os.PathLike)) and (Path(directory) / CONFIG_FILE).is_file()
+
+
+def _write_folder(directory: str | os.PathLike, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    """Write (or replace, in one step) the PEFT adapter folder ``directory``."""
+    from safetensors.torch import save_file
+
+    if not isinstance(directory, (str, os.PathLike)):
+        kind = type(directory).__name__
+        raise CheckpointError(f"a PEFT adapter is saved to a folder path (str or os.PathLike), got {kind}")
+    arrays = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    text = json.dumps(config, indent=2, sort_keys=True) + "\n"
+
+    def fill(folder: Path) -> None:
+        save_file(arrays, str(folder / TENSORS_FILE), metadata={"format": "pt"})
+        (folder / CONFIG_FILE).write_text(text)
+
+    replace_folder(Path(directory), fill, allowed=(CONFIG_FILE, TENSORS_FILE, README_FILE), what="PEFT adapter folder")
+
+
+def _read_folder(directory: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The config (a JSON object with a string ``peft_type``) and the tensors of a PEFT adapter folder."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(directory)
+    config_file, tensors_file = path / CONFIG_FILE, path / TENSORS_FILE
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise CheckpointError(f"{config_file} is not valid JSON: {type(e).__name__}: {e}") from e
+    if not isinstance(config, dict) or not isinstance(config.get("peft_type"), str):
+        raise CheckpointError(f"{config_file} is not a PEFT adapter config (a JSON object with a 'peft_type')")
+    if not tensors_file.is_file():
+        pickled = " (it holds adapter_model.bin, a pickle, which fxdelta never loads)"
+        pickled = pickled if (path / PICKLED_FILE).exists() else ""
+        raise CheckpointError(
+            f"{str(path)!r} has no {TENSORS_FILE}{pickled}; re-save the adapter with PEFT's "
+            f"save_pretrained(..., safe_serialization=True)"
+        )
+    try:
+        tensors = load_file(str(tensors_file))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{tensors_file} is corrupt or not a safetensors file: {e}") from e
+    return config, tensors

@@ -1,11 +1,12 @@
-"""Loading checkpoints: build every delta a checkpoint describes, fill in its tensors, attach all or none."""
+"""Loading a checkpoint folder (either format): build every delta it describes, fill in its tensors
+(``fxdelta.deltas.values``), attach all or none."""
 
 from __future__ import annotations
 
 import os
 import re
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -14,26 +15,28 @@ from fxdelta.compiler.state import BackboneState
 from fxdelta.core.entries import DELTA_NAMESPACE
 from fxdelta.core.errors import CheckpointError, FxDeltaError, UnsupportedModelError
 from fxdelta.deltas import heads
-from fxdelta.deltas.handle import DeltaModel, discard
+from fxdelta.deltas.handle import Handle, discard
 from fxdelta.deltas.meta import meta_parameter
-from fxdelta.deltas.reading import check_dtype, read_folder
-from fxdelta.io import checkpoint, peft_folder
+from fxdelta.deltas.values import Placement, check_dtype, check_values, write_values
+from fxdelta.formats import peft
+from fxdelta.formats.folders import read_folder
+from fxdelta.io import checkpoint
 from fxdelta.methods.registry import config_from_dict, method_for
 from fxdelta.spec.config import DeltaConfig
 
-MakeModel = Callable[[str], type[DeltaModel]]  # delta_type -> its delta-model class
+H = TypeVar("H", bound=Handle)  # the face's delta-model class
 
 
 def load_deltas(
     directory: str | os.PathLike,
     backbone: nn.Module,
-    make: MakeModel,
+    make: Callable[[str], type[H]],  # delta_type -> its delta-model class
     *,
     tensors: Mapping[str, torch.Tensor] | None = None,
     check_fingerprint: bool = True,
     config: DeltaConfig | None = None,
     **options: Any,
-) -> list[DeltaModel]:
+) -> list[H]:
     """Build every delta of a checkpoint on ``backbone``, fill in its tensors, then attach them all.
 
     ``tensors`` replaces the file's (keys it holds beyond the deltas' are ignored); ``config`` the
@@ -51,7 +54,7 @@ def load_deltas(
             f"be held; materialise it (to_empty + load_state_dict, or load_state_dict(assign=True)), then load"
         )
     given = tensors is not None  # the user's own dict may hold more than the deltas (a whole state_dict)
-    if given and peft_folder.is_peft_folder(directory):
+    if given and peft.is_peft_folder(directory):
         raise CheckpointError(f"{directory} is a PEFT adapter folder: state_dict= replaces fxdelta's tensors only")
     if given:
         meta = checkpoint.read_meta(directory)
@@ -63,7 +66,7 @@ def load_deltas(
         _use_config(meta, config, directory)
     tensors = dict(tensors or {})
     params = dict(backbone.named_parameters())
-    handles: list[DeltaModel] = []
+    handles: list[H] = []
     restore: dict[str, Any] = {}
     used: set[str] = set()
     head_names = set(heads.head_parameter_names(backbone))
@@ -102,7 +105,7 @@ def load_deltas(
     return handles
 
 
-def _heads_from(handle: DeltaModel, tensors: Mapping[str, torch.Tensor]) -> heads.HeadSet | None:
+def _heads_from(handle: Handle, tensors: Mapping[str, torch.Tensor]) -> heads.HeadSet | None:
     """A new copy of the backbone's task heads holding the checkpoint's head tensors (the rest as the backbone's)."""
     slots = heads.slots_of(handle._state)
     if slots is None:
@@ -125,11 +128,11 @@ def _use_config(meta: dict[str, Any], config: DeltaConfig, directory: Any) -> No
 def _build_detached(
     entry: Mapping[str, Any],
     backbone: nn.Module,
-    make: MakeModel,
+    make: Callable[[str], type[H]],
     options: dict,
     directory: Any,
-    built: list[DeltaModel],
-) -> DeltaModel:
+    built: list[H],
+) -> H:
     """The (detached) delta an entry describes, appended to ``built`` as soon as it exists. It is built
     on the very modules it was saved from (its recorded targets), whatever the defaults are now."""
     saved_name, targets = entry["name"], entry["targets"]  # types checked by read_meta
@@ -158,13 +161,13 @@ def _build_detached(
     return handle
 
 
-def _refuse_a_second_copy(handle: DeltaModel, directory: Any) -> None:
+def _refuse_a_second_copy(handle: Handle, directory: Any) -> None:
     """Loading what is already on the backbone (a re-run cell) would apply the same delta twice."""
     state = BackboneState.find(handle.backbone)
     ignored = {"name": None, "modified_modules": None, "exclude_modules": None}  # targets are compared instead
     mine = handle.config.exported().to_dict() | ignored
     for other in state.handles if state else []:
-        if other is handle or not isinstance(other, DeltaModel) or other.targets != handle.targets:
+        if other is handle or not isinstance(other, Handle) or other.targets != handle.targets:
             continue
         if other.config.exported().to_dict() | ignored != mine:
             continue
@@ -176,25 +179,17 @@ def _refuse_a_second_copy(handle: DeltaModel, directory: Any) -> None:
             )
 
 
-def _exported(handle: DeltaModel) -> dict[str, torch.Tensor]:
+def _exported(handle: Handle) -> dict[str, torch.Tensor]:
     return {f"{i}.{k}": v for i, e in enumerate(handle.entries) for k, v in handle.method.state_of(e.delta).items()}
 
 
-def _fill(handle: DeltaModel, entry: Mapping[str, Any], tensors: Mapping[str, Any], directory: Any) -> set[str]:
+def _fill(handle: Handle, entry: Mapping[str, Any], tensors: Mapping[str, Any], directory: Any) -> set[str]:
     """Copy the saved tensors into ``handle``'s (detached) delta modules; returns the keys used."""
-    used = set()
-    for e in handle.entries:
-        prefix = f"{e.target}." if e.target else ""
-        for pname, p in e.delta.state_dict().items():
-            key = f"{prefix}{DELTA_NAMESPACE}.{entry['name']}.{pname}"
-            if key not in tensors:
-                raise CheckpointError(f"{directory}: tensor {key!r} is missing from {checkpoint.TENSORS_FILE}")
-            if tensors[key].shape != p.shape:
-                raise CheckpointError(
-                    f"{directory}: tensor {key!r} has shape {tuple(tensors[key].shape)}, "
-                    f"the delta expects {tuple(p.shape)}"
-                )
-            check_dtype(directory, key, tensors[key], p)
-            p.copy_(tensors[key])
-            used.add(key)
-    return used
+    names = [f"{e.target}.{DELTA_NAMESPACE}.{entry['name']}".lstrip(".") for e in handle.entries]
+    values = [
+        {k: tensors[f"{n}.{k}"] for k in e.delta.state_dict() if f"{n}.{k}" in tensors}
+        for e, n in zip(handle.entries, names, strict=True)
+    ]
+    check_values(handle.entries, values, directory, names=names, source=checkpoint.TENSORS_FILE)
+    write_values(handle._state, handle.entries, values, Placement.LIVE)
+    return {f"{n}.{k}" for n, v in zip(names, values, strict=True) for k in v}

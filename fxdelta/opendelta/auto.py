@@ -8,10 +8,10 @@ from typing import Any
 
 from torch import nn
 
-from fxdelta.deltas.classes import load_finetuned, model_class_for
-from fxdelta.deltas.handle import DeltaModel
 from fxdelta.io import checkpoint
 from fxdelta.methods.registry import config_from_dict
+from fxdelta.opendelta.classes import load_finetuned, model_class_for
+from fxdelta.opendelta.model import DeltaModel
 from fxdelta.spec.config import DeltaConfig
 
 
@@ -45,5 +45,5 @@ class AutoDeltaModel:
         finetuned_delta_path: str | os.PathLike, backbone_model: nn.Module, *args: Any, **kwargs: Any
     ) -> DeltaModel:
         """The one delta saved in a local folder, whatever its method, built on ``backbone_model`` and
-        attached (options: see ``fxdelta.deltas.classes.load_finetuned``)."""
+        attached (options: see ``fxdelta.opendelta.classes.load_finetuned``)."""
         return load_finetuned(finetuned_delta_path, backbone_model, *args, **kwargs)

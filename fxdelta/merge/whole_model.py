@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from torch import nn
 
 from fxdelta.core.errors import FxDeltaWarning, MergeError
-from fxdelta.deltas import merging, pretrained
-from fxdelta.deltas.merged import Handle, Merged, MergeReport
+from fxdelta.deltas.merge_record import Handle, Merged, MergeReport, unmerge
+from fxdelta.merge import checked
 
 
 def _refusal(h: Handle) -> str:
@@ -30,7 +30,7 @@ def merge_all(backbone: nn.Module, handles: Sequence[Handle]) -> MergeReport:
             return MergeReport()
         why = "; ".join(_refusal(h) for h in rest) if rest else "it has no attached deltas"
         raise MergeError(f"nothing on this {type(backbone).__name__} can be merged into its weights: {why}")
-    report = merging.merge(foldable)
+    report = checked.merge(foldable)
     if rest:
         warnings.warn(
             FxDeltaWarning(f"these deltas stay attached, unmerged: {'; '.join(_refusal(h) for h in rest)}"),
@@ -43,7 +43,7 @@ def unmerge_all(backbone: nn.Module, handles: Sequence[Handle]) -> list[str]:
     """Unmerge every merged delta (latest first) and attach it again; returns their names (none: a no-op)."""
     if not handles:
         raise MergeError(f"this {type(backbone).__name__} has no deltas, so nothing is merged into it")
-    return merging.unmerge(handles)
+    return unmerge(handles)
 
 
 def merge_and_unload(backbone: nn.Module, handles: Sequence[Handle]) -> MergeReport:
@@ -61,7 +61,7 @@ def merge_and_unload(backbone: nn.Module, handles: Sequence[Handle]) -> MergeRep
         raise MergeError(f"this {type(backbone).__name__} has no deltas to merge and unload")
     state = handles[0]._state
     with state.gate.changing():
-        report = merging.merge([h for h in handles if h.attached])
+        report = checked.merge([h for h in handles if h.attached])
         for h in handles:
             if h._merge_record is not None:
                 h._merge_record.final = True
@@ -69,6 +69,5 @@ def merge_and_unload(backbone: nn.Module, handles: Sequence[Handle]) -> MergeRep
                     w.original = None  # nothing to go back to: the merge is the model now
             else:  # detached: its delta goes with fxdelta; attaching it again is refused
                 h._merge_record = Merged(-1, [], MergeReport(), final=True)
-            state.forget(h)
-    pretrained.uninstall_if_unused(backbone)  # a plain model again: its class's save_pretrained
+            state.forget(h)  # the last one drops fxdelta's state, and what it added to the backbone with it
     return report

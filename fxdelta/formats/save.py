@@ -1,7 +1,9 @@
-"""What ``save_finetuned`` writes, given OpenDelta's saving options (checked before anything is written)."""
+"""Saving deltas: a delta's checkpoint record and tensors, OpenDelta's saving options (checked before anything is
+written), and the folder written once (rank 0 of a process group), in fxdelta's format or PEFT's."""
 
 from __future__ import annotations
 
+import enum
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -12,7 +14,23 @@ from torch import nn
 from fxdelta.core.errors import CheckpointError, ConfigError, FxDeltaError
 from fxdelta.core.paths import delta_parameter_names
 from fxdelta.deltas import heads
+from fxdelta.deltas.handle import Handle
+from fxdelta.formats import peft
 from fxdelta.io import checkpoint, distributed
+
+
+class SaveFormat(enum.Enum):
+    FXDELTA = "fxdelta"  # delta.safetensors + delta_config.json (the default)
+    PEFT = "peft"  # adapter_model.safetensors + adapter_config.json
+
+
+def save_format(value: Any) -> SaveFormat:
+    try:
+        return SaveFormat(value)
+    except ValueError:
+        choices = ", ".join(repr(f.value) for f in SaveFormat)
+        raise ConfigError(f"format must be one of {choices}, got {value!r}") from None
+
 
 # Options that only describe an upload (OpenDelta's Delta Center and Hub pushes).
 PUSH_OPTIONS = frozenset(
@@ -58,7 +76,7 @@ def chosen_tensors(
     return {k: given[k].detach() for k in live}
 
 
-def checkpoint_entry(handle: Any, *, all_trainable: bool = False) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def checkpoint_entry(handle: Handle, *, all_trainable: bool = False) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """A delta's checkpoint record and tensors: its delta tensors (what its method exports: prefix tuning
     saves the prefixes, not its MLP, with the matching config), and the backbone parameters ``freeze_module``
     left trainable (its own copy of a task head among them). ``all_trainable=True`` (the Trainer's
@@ -97,16 +115,47 @@ def checkpoint_entry(handle: Any, *, all_trainable: bool = False) -> tuple[dict[
     return entry, tensors
 
 
-def attached(state: Any) -> list[Any]:
+def attached(state: Any) -> list[Handle]:
     """The attached (or merged) delta models of a backbone's state (None: no state), in creation order."""
     # A delta merged into the weights is still the backbone's: its checkpoint is its tensors.
-    live = [h for h in state.handles if getattr(h, "attached", False) or getattr(h, "merged", False)] if state else []
-    return [h for h in live if hasattr(h, "entries")]
+    handles = [h for h in state.handles if isinstance(h, Handle)] if state else []
+    return [h for h in handles if h.attached or h.merged]
+
+
+def save_finetuned(
+    handle: Handle,
+    directory: str | os.PathLike,
+    state_dict: Mapping[str, torch.Tensor] | None,
+    format: str,
+    *,
+    save_config: bool,
+    save_function: Any,
+    push_to_dc: bool,
+    push_options: dict[str, Any],
+) -> None:
+    """``DeltaModel.save_finetuned``: one delta's folder, in fxdelta's format or PEFT's."""
+    entry, tensors = checkpoint_entry(handle)
+    tensors = chosen_tensors(tensors, state_dict, save_config, save_function, push_to_dc, push_options)
+    if save_format(format) is SaveFormat.PEFT:
+        return peft.write(directory, handle.backbone, [handle], (entry, tensors))
+    distributed.write_once(tensors, lambda full: checkpoint.write(directory, handle.backbone, [entry], full))
+
+
+def save(backbone: nn.Module, state: Any, directory: str | os.PathLike, format: str) -> None:
+    """``fxdelta.save``: one folder holding every attached delta of ``backbone`` (PEFT's format: one delta)."""
+    peft_format = save_format(format) is SaveFormat.PEFT
+    handles = attached(state)
+    if not handles:
+        raise ConfigError(f"{type(backbone).__name__} has no attached deltas to save")
+    if peft_format:
+        peft.write(directory, backbone, handles)
+    else:
+        save_attached(backbone, handles, directory)
 
 
 def save_attached(
     backbone: nn.Module,
-    handles: list[Any],
+    handles: list[Handle],
     directory: str | os.PathLike,
     state_dict: Mapping[str, torch.Tensor] | None = None,
     *,

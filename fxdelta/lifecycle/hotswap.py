@@ -15,31 +15,21 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
 from fxdelta.core.entries import DELTA_NAMESPACE
 from fxdelta.core.errors import CheckpointError, ConfigError, StateError
 from fxdelta.deltas import heads, meta
-from fxdelta.deltas.merged import Handle
-from fxdelta.deltas.reading import check_dtype, read_folder
+from fxdelta.deltas.handle import Handle
+from fxdelta.deltas.values import Placement, check_values, write_values
+from fxdelta.formats.folders import read_folder
 from fxdelta.methods.registry import config_from_dict
 
 # Config fields a swap may differ in: where the delta was selected from (its targets are compared instead),
 # what trained with it, and its name.
 _FREE_FIELDS = ("name", "modified_modules", "exclude_modules", "unfrozen_modules", "delta_dtype")
-
-
-class Swappable(Handle, Protocol):
-    """What a hot-swap needs of a delta model (``fxdelta.deltas.handle.DeltaModel``)."""
-
-    sources: list[str | None]
-    heads: heads.HeadSet | None
-    _unfrozen: list[str]
-
-    @property
-    def merged(self) -> bool: ...
 
 
 @dataclass
@@ -55,7 +45,7 @@ class Incoming:
     heads: dict[str, torch.Tensor] | None
 
 
-def from_handle(source: Swappable) -> Incoming:
+def from_handle(source: Handle) -> Incoming:
     own_heads = {n: p.detach() for n, p in source.heads.items()} if source.heads is not None else None
     return Incoming(
         f"delta model {source.name!r}",
@@ -67,7 +57,7 @@ def from_handle(source: Swappable) -> Incoming:
     )
 
 
-def from_folder(directory: str | os.PathLike, handle: Swappable) -> Incoming:
+def from_folder(directory: str | os.PathLike, handle: Handle) -> Incoming:
     meta, tensors = read_folder(directory, handle.backbone)
     if len(meta["deltas"]) != 1:
         raise CheckpointError(
@@ -103,7 +93,7 @@ def from_folder(directory: str | os.PathLike, handle: Swappable) -> Incoming:
     )
 
 
-def _check(handle: Swappable, incoming: Incoming) -> None:
+def _check(handle: Handle, incoming: Incoming) -> None:
     where = incoming.label
     mine = handle.config.to_dict()
     fields = [k for k in mine if k not in _FREE_FIELDS and incoming.config.get(k) != mine[k]]
@@ -121,23 +111,11 @@ def _check(handle: Swappable, incoming: Incoming) -> None:
     stuck = meta.on_meta(handle)
     if stuck:  # a copy into a meta tensor keeps no value
         raise StateError(f"{handle.name!r} is on the meta device (e.g. {stuck[0]}): {meta.MATERIALISE}, then hot-swap")
-    for e, given in zip(handle.entries, incoming.tensors, strict=True):
-        live = e.delta.state_dict()
-        if set(given) != set(live):
-            raise CheckpointError(
-                f"{where}: the tensors for {e.target or 'the backbone'} are {sorted(given)}, the delta holds "
-                f"{sorted(live)}"
-            )
-        for name, value in given.items():
-            if value.shape != live[name].shape:
-                raise CheckpointError(
-                    f"{where}: tensor {e.qualified_name}.{name} has shape {tuple(value.shape)}, the delta's is "
-                    f"{tuple(live[name].shape)}"
-                )
-            check_dtype(where, f"{e.qualified_name}.{name}", value, live[name])
+    names = [e.qualified_name for e in handle.entries]
+    check_values(handle.entries, incoming.tensors, where, names=names, source="its tensors")
 
 
-def _head_values(handle: Swappable, incoming: Incoming) -> tuple[heads.HeadSet, Mapping[str, torch.Tensor]] | None:
+def _head_values(handle: Handle, incoming: Incoming) -> tuple[heads.HeadSet, Mapping[str, torch.Tensor]] | None:
     """The head copy to write into and what to write (the source's head, or the backbone's own)."""
     slots = heads.slots_of(handle._state)
     if slots is None:
@@ -150,7 +128,7 @@ def _head_values(handle: Swappable, incoming: Incoming) -> tuple[heads.HeadSet, 
     return own, incoming.heads
 
 
-def swap_in(handle: Swappable, source: Any) -> None:
+def swap_in(handle: Handle, source: Any) -> None:
     """Copy ``source`` (a checkpoint folder, fxdelta's or PEFT's, or another delta model) into ``handle``."""
     if handle.merged:
         raise StateError(f"{handle.name} is merged into the backbone's weights; unmerge it before a hot-swap")
@@ -158,7 +136,7 @@ def swap_in(handle: Swappable, source: Any) -> None:
         if not Path(source).is_dir():
             raise CheckpointError(f"{str(source)!r} is not a checkpoint folder")
         incoming = from_folder(source, handle)
-    elif hasattr(source, "entries") and hasattr(source, "config"):
+    elif isinstance(source, Handle):
         if source is handle:
             return
         incoming = from_handle(source)
@@ -167,13 +145,25 @@ def swap_in(handle: Swappable, source: Any) -> None:
     _check(handle, incoming)
     head = _head_values(handle, incoming)
     with handle._state.gate.changing(), torch.no_grad():  # no forward sees half of each task
-        for e, given in zip(handle.entries, incoming.tensors, strict=True):
-            live = e.delta.state_dict(keep_vars=True)
-            for name, value in given.items():
-                live[name].copy_(value)
+        write_values(handle._state, handle.entries, incoming.tensors, Placement.LIVE)
         if head is not None:
             own, values = head
             for name, p in own.items():
                 p.copy_(values[name])
             handle.heads = own
     meta.initialised(handle)  # built on meta, it holds real values now
+
+
+def named(handles: Mapping[str, Handle], name: str | None) -> str:
+    """The delta ``fxdelta.hotswap`` copies into: ``name``, or the only attached one."""
+    if name is None:
+        live = [h.name for h in handles.values() if h.attached]
+        if len(live) != 1:
+            raise ConfigError(
+                f"hotswap copies into one attached delta; this model has {len(live)} attached "
+                f"({live}): pass name= (one of {sorted(handles)})"
+            )
+        return live[0]
+    if name not in handles:
+        raise ConfigError(f"hotswap: no delta model named {name!r} on this model (it has {sorted(handles)})")
+    return name

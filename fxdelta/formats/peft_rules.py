@@ -1,5 +1,6 @@
-"""PEFT config fields every method shares: which method a config is, the check of every field, task
-types, and PEFT's rules for matching module names (``target_modules``, ``modules_to_save``)."""
+"""PEFT's config rules every method shares: which method a config is, the check of every field, task
+types (from the model kinds of ``fxdelta.spec.heads``), and PEFT's rules for matching module names
+(``target_modules``, ``modules_to_save``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from torch import nn
 
 from fxdelta.core.errors import CheckpointError
 from fxdelta.methods.registry import METHODS
+from fxdelta.spec.heads import kind_of
 from fxdelta.spec.method import Method
 from fxdelta.spec.peft import PeftFormat, refuse
 
@@ -22,14 +24,6 @@ _TARGETING = ("target_modules", "exclude_modules")  # read by the shared code, f
 # An unknown field at one of these values is off (newer PEFT releases add fields that way).
 _OFF: tuple[Any, ...] = (None, False, {}, [], "")
 
-# PEFT's task types, from the class of the model it wraps (a name with none of these gets no task type).
-_TASKS = (
-    ("ForSequenceClassification", "SEQ_CLS"),
-    ("ForTokenClassification", "TOKEN_CLS"),
-    ("ForQuestionAnswering", "QUESTION_ANS"),
-    ("ForCausalLM", "CAUSAL_LM"),
-    ("LMHeadModel", "CAUSAL_LM"),
-)
 TASK_TYPES = ("SEQ_CLS", "SEQ_2_SEQ_LM", "CAUSAL_LM", "TOKEN_CLS", "QUESTION_ANS", "FEATURE_EXTRACTION")
 # The heads PEFT's task classes add to modules_to_save, whose tensors they then require in the file.
 _TASK_HEADS = {
@@ -87,11 +81,11 @@ def check_fields(config: Mapping[str, Any], fmt: PeftFormat, where: Any) -> None
 
 def task_type(backbone: nn.Module) -> str | None:
     """The PEFT task type of the model class (``CAUSAL_LM`` for ``GPT2LMHeadModel``), or None."""
-    name = type(backbone).__name__
     config = getattr(backbone, "config", None)
-    if getattr(config, "is_encoder_decoder", False) and name.endswith("ForConditionalGeneration"):
+    if getattr(config, "is_encoder_decoder", False) and type(backbone).__name__.endswith("ForConditionalGeneration"):
         return "SEQ_2_SEQ_LM"
-    return next((task for suffix, task in _TASKS if name.endswith(suffix)), None)
+    kind = kind_of(backbone)
+    return kind.peft_task if kind is not None else None
 
 
 def unsaved_task_heads(task: str | None, names: Sequence[str], saved: Sequence[str]) -> list[str]:
