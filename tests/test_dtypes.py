@@ -173,7 +173,7 @@ def test_casting_the_backbone_after_compile_casts_its_deltas(method):
 
 def test_hooks_only_deltas_compute_in_their_dtype():
     zm, model, inputs, base, handle = _bf16("bert", "dora", hooks_only=True)
-    assert {s.kind.value for s in handle._state.sites if s.entries} == {"hooks"}
+    assert {s.kind.value for s in handle.state.sites if s.entries} == {"hooks"}
     with torch.no_grad():
         assert torch.equal(zm.run(model, inputs), base)
     perturb(handle.parameters())

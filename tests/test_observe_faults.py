@@ -80,7 +80,7 @@ def test_a_torchscript_submodule_does_not_stop_a_compile():
     with torch.no_grad():
         assert torch.equal(model(*x), before.output)
     handle.detach()
-    assert_unchanged(model, before, x, state=handle._state)  # no recorder forward left on any module
+    assert_unchanged(model, before, x, state=handle.state)  # no recorder forward left on any module
 
 
 def test_a_target_inside_torchscript_is_refused_and_the_model_stays_as_it_was():

@@ -42,7 +42,7 @@ class Handle(BackboneScope):
     """
 
     config_class: ClassVar[type[DeltaConfig] | None] = None  # set by each method's class (opendelta/classes.py)
-    _merge_record: Merged | None = None  # while merged into the backbone's weights (the merge wing)
+    merge_record: Merged | None = None  # while merged into the backbone's weights (the merge wing)
 
     def __init__(
         self,
@@ -61,15 +61,15 @@ class Handle(BackboneScope):
         self.config = self._make_config(config, hyper_parameters)
         self.method: Method = method_for(self.config.delta_type)
         self.backbone = backbone_model
-        self._state = BackboneState.ensure(backbone_model)
+        self.state = BackboneState.ensure(backbone_model)
         try:
-            self.name = self._state.unique_name(self.config.name or self.config.delta_type)
+            self.name = self.state.unique_name(self.config.name or self.config.delta_type)
             built = build_entries(
-                self._state, self.method, self.config, self.name, example_inputs=example_inputs, hooks_only=hooks_only
+                self.state, self.method, self.config, self.name, example_inputs=example_inputs, hooks_only=hooks_only
             )
             self.targets, self.sources, self.entries = built.targets, built.sources, built.entries
-            self._state.handles.append(self)
-            self._unfrozen: list[str] = []  # backbone parameters freeze_module() left trainable
+            self.state.handles.append(self)
+            self.unfrozen: list[str] = []  # backbone parameters freeze_module() left trainable
             self._trims_state_dict = False  # freeze_module(set_state_dict=True), in effect while attached
             self._state_dict_hook: Any = None
             self.heads: heads.HeadSet | None = None  # this delta's own task-head parameters (deltas/heads.py)
@@ -78,7 +78,7 @@ class Handle(BackboneScope):
             if attach:
                 self.attach()
         except BaseException:
-            self._state.forget(self)
+            self.state.forget(self)
             raise
 
     @property
@@ -88,7 +88,7 @@ class Handle(BackboneScope):
     @property
     def merged(self) -> bool:
         """Whether the delta is folded into the backbone's weights (``merge_into_backbone``)."""
-        return self._merge_record is not None
+        return self.merge_record is not None
 
     # -- construction -----------------------------------------------------------------------------
     def _make_config(self, config: DeltaConfig | None, hyper: dict[str, Any]) -> DeltaConfig:
@@ -115,16 +115,16 @@ class Handle(BackboneScope):
         if not self.attached:
             meta.refuse_attach(self)
             match_backbone(self.backbone, self.entries)
-            others = [e for e in self._state.active if e.name != self.name]
-            apply(self._state, others + self.entries)
+            others = [e for e in self.state.active if e.name != self.name]
+            apply(self.state, others + self.entries)
             try:
-                with self._state.gate.changing():  # no forward sees a half-swapped head
-                    self.heads = heads.on_attach(self._state, self.heads, self._attached_heads())
+                with self.state.gate.changing():  # no forward sees a half-swapped head
+                    self.heads = heads.on_attach(self.state, self.heads, self._attached_heads())
             except BaseException:
-                apply(self._state, others)
+                apply(self.state, others)
                 raise
             self.attached = True
-            self._sync_state_dict_hook()
+            self.sync_state_dict_hook()
         return self
 
     def detach(self, module: nn.Module | None = None) -> Handle:
@@ -134,19 +134,19 @@ class Handle(BackboneScope):
         in_use = self.attached or self.merged
         unmerge([self], attach=False)
         if self.attached:
-            apply(self._state, [e for e in self._state.active if e.name != self.name])
+            apply(self.state, [e for e in self.state.active if e.name != self.name])
             self.attached = False
         if in_use:  # a merged delta's head stayed in, with the merged weights it was trained with
-            with self._state.gate.changing():
-                heads.on_detach(self._state, self.heads, self._attached_heads())
-            self._sync_state_dict_hook()  # the bare backbone's state_dict is whole again
+            with self.state.gate.changing():
+                heads.on_detach(self.state, self.heads, self._attached_heads())
+            self.sync_state_dict_hook()  # the bare backbone's state_dict is whole again
         return self
 
     def _attached_heads(self) -> list[heads.HeadSet | None]:
-        handles = [h for h in self._state.handles if isinstance(h, Handle) and h is not self]
+        handles = [h for h in self.state.handles if isinstance(h, Handle) and h is not self]
         return [h.heads for h in handles if h.attached or h.merged]
 
-    def _sync_state_dict_hook(self) -> None:
+    def sync_state_dict_hook(self) -> None:
         wanted = self._trims_state_dict and self.attached
         if wanted and self._state_dict_hook is None:
             self._state_dict_hook = freeze.keep_trainable_in_state_dict(self.backbone)
@@ -207,11 +207,11 @@ class Handle(BackboneScope):
             patterns = [*patterns, *("re:" + re.escape(h) for h in heads)]
         names = backbone_module_names(within)
         expand = partial(common_selectors, self.backbone)
-        self._unfrozen = freeze.freeze(self.backbone, patterns, names, within=within, expand=expand)
+        self.unfrozen = freeze.freeze(self.backbone, patterns, names, within=within, expand=expand)
         if not default:
             freeze.warn_frozen_heads(self.backbone, heads)
         self._trims_state_dict = set_state_dict
-        self._sync_state_dict_hook()
+        self.sync_state_dict_hook()
         return self
 
 

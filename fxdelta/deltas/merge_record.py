@@ -77,15 +77,15 @@ class Handle(DeltaHandle, Protocol):
     config: DeltaConfig
     entries: list[Entry]
     backbone: nn.Module
-    _state: BackboneState
-    _merge_record: Merged | None
+    state: BackboneState
+    merge_record: Merged | None
 
-    def _sync_state_dict_hook(self) -> None: ...
+    def sync_state_dict_hook(self) -> None: ...
 
 
 def refuse_attach(handle: Handle) -> None:
     """Attaching a merged delta would apply it twice: refused, naming the way back."""
-    record = handle._merge_record
+    record = handle.merge_record
     if record is not None and record.final:
         raise MergeError(
             f"{handle.name} is gone with fxdelta's state: merge_and_unload folded the deltas into the backbone for "
@@ -104,10 +104,10 @@ def unmerge(handles: Iterable[Handle], *, attach: bool = True) -> list[str]:
     Latest merge first; a merge into a parameter a later merge (not unmerged here) wrote again is refused,
     and so is one whose parameters were written since (training the merged weights): that would be lost.
     """
-    todo = [h for h in handles if h._merge_record is not None]
+    todo = [h for h in handles if h.merge_record is not None]
     if not todo:
         return []
-    state = todo[0]._state
+    state = todo[0].state
     with state.gate.changing():
         todo.sort(key=lambda h: _record(h).serial, reverse=True)
         params = {id(w.param): w.param for h in todo for w in _record(h).writes}
@@ -132,9 +132,9 @@ def unmerge(handles: Iterable[Handle], *, attach: bool = True) -> list[str]:
             carry_versions(state, start)
             raise
         for h in todo:
-            h._merge_record = None
+            h.merge_record = None
             h.attached = attach
-            h._sync_state_dict_hook()
+            h.sync_state_dict_hook()
     logger.info("fxdelta: unmerged %s", [h.name for h in todo])
     return [h.name for h in todo]
 
@@ -149,14 +149,14 @@ def carry_versions(state: BackboneState, versions: dict[int, int]) -> None:
 
 
 def _record(handle: Handle) -> Merged:
-    record = handle._merge_record
+    record = handle.merge_record
     if record is None:
         raise MergeError(f"internal: {handle.name} is not merged")
     return record
 
 
 def _merged_handles(state: BackboneState) -> list[Handle]:
-    return [h for h in state.handles if getattr(h, "_merge_record", None) is not None]  # type: ignore[misc]
+    return [h for h in state.handles if getattr(h, "merge_record", None) is not None]  # type: ignore[misc]
 
 
 def _check_unmergeable(state: BackboneState, handle: Handle, todo: list[Handle]) -> None:

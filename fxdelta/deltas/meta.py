@@ -57,7 +57,7 @@ def delta_tensors(handle: Any) -> Iterator[tuple[str, torch.Tensor]]:
     for e in handle.entries:
         for name, t in [*e.delta.named_parameters(), *e.delta.named_buffers()]:
             yield f"{e.qualified_name}.{name}", t
-    slots = heads.slots_of(handle._state) if handle.heads and handle.attached else None
+    slots = heads.slots_of(handle.state) if handle.heads and handle.attached else None
     if slots is not None:
         slots.sync()  # an attached copy is what the slots hold now (a detached one is its own)
     yield from (handle.heads or {}).items()
@@ -98,7 +98,7 @@ def noted_at_build(handle: Any) -> None:
         return
     setattr(handle, PENDING, True)
     _warn(BUILT_ON_META)
-    state = handle._state
+    state = handle.state
     if getattr(state, "meta_watch", None) is None:
         state.meta_watch = MetaWatch(state)
 
@@ -106,7 +106,7 @@ def noted_at_build(handle: Any) -> None:
 def initialised(handle: Any) -> None:
     """``handle``'s deltas hold real values now (reset, or loaded); the watch goes when nothing is pending."""
     handle.__dict__.pop(PENDING, None)
-    watch = getattr(handle._state, "meta_watch", None)
+    watch = getattr(handle.state, "meta_watch", None)
     if watch is not None and not watch.pending():
         watch.stop()
 

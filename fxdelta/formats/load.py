@@ -107,7 +107,7 @@ def load_deltas(
 
 def _heads_from(handle: Handle, tensors: Mapping[str, torch.Tensor]) -> heads.HeadSet | None:
     """A new copy of the backbone's task heads holding the checkpoint's head tensors (the rest as the backbone's)."""
-    slots = heads.slots_of(handle._state)
+    slots = heads.slots_of(handle.state)
     if slots is None:
         return None
     own = slots.fresh_copy()
@@ -157,7 +157,7 @@ def _build_detached(
             f"{directory}: its selectors pick {len(handle.targets)} modules on this backbone, not the "
             f"{len(targets)} it was saved with; load it onto the architecture it was trained on"
         )
-    handle._unfrozen = list(entry.get("unfrozen", []))
+    handle.unfrozen = list(entry.get("unfrozen", []))
     return handle
 
 
@@ -191,5 +191,5 @@ def _fill(handle: Handle, entry: Mapping[str, Any], tensors: Mapping[str, Any], 
         for e, n in zip(handle.entries, names, strict=True)
     ]
     check_values(handle.entries, values, directory, names=names, source=checkpoint.TENSORS_FILE)
-    write_values(handle._state, handle.entries, values, Placement.LIVE)
+    write_values(handle.state, handle.entries, values, Placement.LIVE)
     return {f"{n}.{k}" for n, v in zip(names, values, strict=True) for k in v}

@@ -92,8 +92,8 @@ def checkpoint_entry(handle: Handle, *, all_trainable: bool = False) -> tuple[di
     if handle.attached and all_trainable:
         chosen = [n for n, p in params.items() if p.requires_grad]
     else:  # detached, the backbone's trainable tensors may be another delta's: only those this one unfroze
-        chosen = list(handle._unfrozen)
-    slots = heads.slots_of(handle._state)
+        chosen = list(handle.unfrozen)
+    slots = heads.slots_of(handle.state)
     if slots is not None:
         slots.sync()  # the attached copy is what the slots hold now (to_empty, assign=True replace it)
     own = {**params, **(handle.heads or {})}  # its task heads are its own copies, whether attached or not

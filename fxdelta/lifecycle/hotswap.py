@@ -117,7 +117,7 @@ def _check(handle: Handle, incoming: Incoming) -> None:
 
 def _head_values(handle: Handle, incoming: Incoming) -> tuple[heads.HeadSet, Mapping[str, torch.Tensor]] | None:
     """The head copy to write into and what to write (the source's head, or the backbone's own)."""
-    slots = heads.slots_of(handle._state)
+    slots = heads.slots_of(handle.state)
     if slots is None:
         return None
     own = handle.heads if handle.heads is not None else slots.fresh_copy()
@@ -144,8 +144,8 @@ def swap_in(handle: Handle, source: Any) -> None:
         raise ConfigError(f"hotswap takes a checkpoint folder or a delta model, got {type(source).__name__}")
     _check(handle, incoming)
     head = _head_values(handle, incoming)
-    with handle._state.gate.changing(), torch.no_grad():  # no forward sees half of each task
-        write_values(handle._state, handle.entries, incoming.tensors, Placement.LIVE)
+    with handle.state.gate.changing(), torch.no_grad():  # no forward sees half of each task
+        write_values(handle.state, handle.entries, incoming.tensors, Placement.LIVE)
         if head is not None:
             own, values = head
             for name, p in own.items():

@@ -26,4 +26,4 @@ def fold_reparameterization(handle: Handle) -> None:
         fold(e.delta)
     handle.config = handle.config.exported()
     if handle.attached:  # the sites that served the folded part go
-        apply(handle._state, handle._state.active)
+        apply(handle.state, handle.state.active)

@@ -30,13 +30,13 @@ def merge(handles: Sequence[Handle]) -> MergeReport:
     """Merge ``handles`` (attached, of methods that fold) into their backbone, in creation order, all or none."""
     if not handles:
         return MergeReport()
-    state = handles[0]._state
+    state = handles[0].state
     report = MergeReport()
     with state.gate.changing():
         done: list[Handle] = []
         try:
             for h in sorted(handles, key=lambda h: h.entries[0].order if h.entries else 0):
-                if h._merge_record is None:
+                if h.merge_record is None:
                     report += _merge_one(state, h)
                     done.append(h)
         except BaseException:
@@ -81,9 +81,9 @@ def _merge_one(state: BackboneState, handle: Handle) -> MergeReport:
     record = [
         Write(n, p, original, start[id(p)], p._version) for (n, p, _), (_, original) in zip(writes, kept, strict=True)
     ]
-    handle._merge_record = Merged(state.next_serial(), record, report, names={n for n, _, _ in writes})
+    handle.merge_record = Merged(state.next_serial(), record, report, names={n for n, _, _ in writes})
     handle.attached = False
-    handle._sync_state_dict_hook()
+    handle.sync_state_dict_hook()
     logger.info(
         "fxdelta: merged %s into %d parameters; max abs error %.3g over %d sites",
         handle.name,
@@ -107,6 +107,6 @@ def _too_far(handle: Handle, bad: list[Check], state: BackboneState) -> str:
 
 def merge_into_backbone(handle: Handle) -> MergeReport:
     """Merge one delta (``DeltaModel.merge_into_backbone``); already merged, its first report, nothing changed."""
-    if handle._merge_record is not None:
-        return handle._merge_record.report
+    if handle.merge_record is not None:
+        return handle.merge_record.report
     return merge([handle])

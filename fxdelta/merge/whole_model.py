@@ -26,7 +26,7 @@ def merge_all(backbone: nn.Module, handles: Sequence[Handle]) -> MergeReport:
     foldable = [h for h in attached if h.method.fold is not None]
     rest = [h for h in attached if h.method.fold is None]
     if not foldable:
-        if any(h._merge_record is not None for h in handles):
+        if any(h.merge_record is not None for h in handles):
             return MergeReport()
         why = "; ".join(_refusal(h) for h in rest) if rest else "it has no attached deltas"
         raise MergeError(f"nothing on this {type(backbone).__name__} can be merged into its weights: {why}")
@@ -59,15 +59,15 @@ def merge_and_unload(backbone: nn.Module, handles: Sequence[Handle]) -> MergeRep
         )
     if not handles:
         raise MergeError(f"this {type(backbone).__name__} has no deltas to merge and unload")
-    state = handles[0]._state
+    state = handles[0].state
     with state.gate.changing():
         report = checked.merge([h for h in handles if h.attached])
         for h in handles:
-            if h._merge_record is not None:
-                h._merge_record.final = True
-                for w in h._merge_record.writes:
+            if h.merge_record is not None:
+                h.merge_record.final = True
+                for w in h.merge_record.writes:
                     w.original = None  # nothing to go back to: the merge is the model now
             else:  # detached: its delta goes with fxdelta; attaching it again is refused
-                h._merge_record = Merged(-1, [], MergeReport(), final=True)
+                h.merge_record = Merged(-1, [], MergeReport(), final=True)
             state.forget(h)  # the last one drops fxdelta's state, and what it added to the backbone with it
     return report

@@ -53,7 +53,7 @@ class DeltaModel(Handle):
             attach=attach,
             **hyper_parameters,
         )
-        pretrained.install(self._state)  # save_pretrained (Trainer.save_model) writes the deltas
+        pretrained.install(self.state)  # save_pretrained (Trainer.save_model) writes the deltas
 
     def log(
         self,
