@@ -80,9 +80,9 @@ def _under(params: dict[str, nn.Parameter], selectors: Sequence[str]) -> set[str
 def keep_trainable_in_state_dict(backbone: nn.Module) -> Any:
     """Make ``backbone.state_dict()`` hold only trainable parameters; returns the removable hook handle."""
 
-    def trim(module: nn.Module, state_dict: dict, prefix: str, local_metadata: Any) -> None:
+    def trim(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
         trainable = {prefix + n for n, p in module.named_parameters(remove_duplicate=False) if p.requires_grad}
         for key in [k for k in state_dict if k.startswith(prefix) and k not in trainable]:
             del state_dict[key]
 
-    return backbone.register_state_dict_post_hook(trim)
+    return backbone.register_state_dict_post_hook(trim)  # type: ignore[no-untyped-call]  # torch leaves it untyped

@@ -18,7 +18,7 @@ from fxdelta.io import checkpoint
 
 
 def read_folder(
-    directory: str | os.PathLike, backbone: nn.Module, *, check_fingerprint: bool = True
+    directory: str | os.PathLike[str], backbone: nn.Module, *, check_fingerprint: bool = True
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """``(record, tensors)`` of a checkpoint folder, its tensors named as fxdelta's on ``backbone``."""
     if peft.is_peft_folder(directory):
@@ -29,7 +29,7 @@ def read_folder(
     return meta, checkpoint.read_tensors(directory)
 
 
-def saved_delta_type(directory: str | os.PathLike) -> Any:
+def saved_delta_type(directory: str | os.PathLike[str]) -> Any:
     """The ``delta_type`` of the one delta a folder holds (either format)."""
     if peft.is_peft_folder(directory):
         return peft.delta_type_of(directory)

@@ -28,7 +28,7 @@ H = TypeVar("H", bound=Handle)  # the face's delta-model class
 
 
 def load_deltas(
-    directory: str | os.PathLike,
+    directory: str | os.PathLike[str],
     backbone: nn.Module,
     make: Callable[[str], type[H]],  # delta_type -> its delta-model class
     *,
@@ -129,7 +129,7 @@ def _build_detached(
     entry: Mapping[str, Any],
     backbone: nn.Module,
     make: Callable[[str], type[H]],
-    options: dict,
+    options: dict[str, Any],
     directory: Any,
     built: list[H],
 ) -> H:

@@ -42,7 +42,7 @@ def _prefix(prompt_learning: bool) -> str:
 
 
 def write(
-    directory: str | os.PathLike,
+    directory: str | os.PathLike[str],
     backbone: nn.Module,
     handles: Sequence[Any],
     checkpoint: tuple[dict[str, Any], dict[str, torch.Tensor]] | None = None,
@@ -132,13 +132,13 @@ def _modules_to_save(
     return owners, out
 
 
-def delta_type_of(directory: str | os.PathLike) -> str:
+def delta_type_of(directory: str | os.PathLike[str]) -> str:
     """The fxdelta method a PEFT adapter folder holds."""
     config, _ = _read_folder(directory)
     return peft_rules.method_of(config, directory).delta_type
 
 
-def read(directory: str | os.PathLike, backbone: nn.Module) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def read(directory: str | os.PathLike[str], backbone: nn.Module) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """A PEFT adapter folder as fxdelta's checkpoint record (``{"deltas": [entry]}``) and tensors."""
     config, tensors = _read_folder(directory)
     method = peft_rules.method_of(config, directory)
@@ -211,7 +211,7 @@ def is_peft_folder(directory: Any) -> bool:
     return isinstance(directory, (str, os.PathLike)) and (Path(directory) / CONFIG_FILE).is_file()
 
 
-def _write_folder(directory: str | os.PathLike, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+def _write_folder(directory: str | os.PathLike[str], config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
     """Write (or replace, in one step) the PEFT adapter folder ``directory``."""
     from safetensors.torch import save_file
 
@@ -228,7 +228,7 @@ def _write_folder(directory: str | os.PathLike, config: dict[str, Any], tensors:
     replace_folder(Path(directory), fill, allowed=(CONFIG_FILE, TENSORS_FILE, README_FILE), what="PEFT adapter folder")
 
 
-def _read_folder(directory: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def _read_folder(directory: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """The config (a JSON object with a string ``peft_type``) and the tensors of a PEFT adapter folder."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file

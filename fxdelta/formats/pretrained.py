@@ -53,7 +53,7 @@ class DeltaSavePretrained:
 
     def __call__(
         self,
-        save_directory: str | os.PathLike,
+        save_directory: str | os.PathLike[str],
         is_main_process: bool = True,
         state_dict: Mapping[str, torch.Tensor] | None = None,
         push_to_hub: bool = False,

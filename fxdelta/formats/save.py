@@ -124,7 +124,7 @@ def attached(state: Any) -> list[Handle]:
 
 def save_finetuned(
     handle: Handle,
-    directory: str | os.PathLike,
+    directory: str | os.PathLike[str],
     state_dict: Mapping[str, torch.Tensor] | None,
     format: str,
     *,
@@ -141,7 +141,7 @@ def save_finetuned(
     distributed.write_once(tensors, lambda full: checkpoint.write(directory, handle.backbone, [entry], full))
 
 
-def save(backbone: nn.Module, state: Any, directory: str | os.PathLike, format: str) -> None:
+def save(backbone: nn.Module, state: Any, directory: str | os.PathLike[str], format: str) -> None:
     """``fxdelta.save``: one folder holding every attached delta of ``backbone`` (PEFT's format: one delta)."""
     peft_format = save_format(format) is SaveFormat.PEFT
     handles = attached(state)
@@ -156,7 +156,7 @@ def save(backbone: nn.Module, state: Any, directory: str | os.PathLike, format: 
 def save_attached(
     backbone: nn.Module,
     handles: list[Handle],
-    directory: str | os.PathLike,
+    directory: str | os.PathLike[str],
     state_dict: Mapping[str, torch.Tensor] | None = None,
     *,
     all_trainable: bool = False,

@@ -57,7 +57,7 @@ def from_handle(source: Handle) -> Incoming:
     )
 
 
-def from_folder(directory: str | os.PathLike, handle: Handle) -> Incoming:
+def from_folder(directory: str | os.PathLike[str], handle: Handle) -> Incoming:
     meta, tensors = read_folder(directory, handle.backbone)
     if len(meta["deltas"]) != 1:
         raise CheckpointError(

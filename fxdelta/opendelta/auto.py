@@ -25,7 +25,7 @@ class AutoDeltaConfig:
         return config_from_dict(config, unknown="warn")
 
     @staticmethod
-    def from_finetuned(finetuned_delta_path: str | os.PathLike, **download_options: Any) -> DeltaConfig:
+    def from_finetuned(finetuned_delta_path: str | os.PathLike[str], **download_options: Any) -> DeltaConfig:
         """The config saved in a local checkpoint folder, whatever its method."""
         checkpoint.check_download_options(download_options, "AutoDeltaConfig.from_finetuned")
         return config_from_dict(checkpoint.single_entry(finetuned_delta_path)["config"])
@@ -42,7 +42,7 @@ class AutoDeltaModel:
 
     @staticmethod
     def from_finetuned(
-        finetuned_delta_path: str | os.PathLike, backbone_model: nn.Module, *args: Any, **kwargs: Any
+        finetuned_delta_path: str | os.PathLike[str], backbone_model: nn.Module, *args: Any, **kwargs: Any
     ) -> DeltaModel:
         """The one delta saved in a local folder, whatever its method, built on ``backbone_model`` and
         attached (options: see ``fxdelta.opendelta.classes.load_finetuned``)."""

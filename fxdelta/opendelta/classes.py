@@ -56,10 +56,10 @@ def _from_finetuned(cls: type[DeltaModel], *args: Any, **kwargs: Any) -> DeltaMo
 
 
 def load_finetuned(
-    finetuned_delta_path: str | os.PathLike,
+    finetuned_delta_path: str | os.PathLike[str],
     backbone_model: nn.Module,
     delta_config: DeltaConfig | Mapping[str, Any] | None = None,
-    cache_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
     state_dict: Mapping[str, torch.Tensor] | None = None,
     *,
     force_download: bool = False,

@@ -101,7 +101,7 @@ class DeltaModel(Handle):
         unmerge([self])
         return self
 
-    def hotswap(self, source: str | os.PathLike | Handle) -> DeltaModel:
+    def hotswap(self, source: str | os.PathLike[str] | Handle) -> DeltaModel:
         """Copy another task's delta (a checkpoint folder or a delta model, same config and shapes) and its task head
         into this delta's tensors, in place: a ``torch.compile``-d backbone runs it without recompiling."""
         swap_in(self, source)
@@ -113,7 +113,7 @@ class DeltaModel(Handle):
 
     def save_finetuned(
         self,
-        finetuned_delta_path: str | os.PathLike = "./delta_checkpoints/",
+        finetuned_delta_path: str | os.PathLike[str] = "./delta_checkpoints/",
         save_config: bool = True,
         state_dict: Mapping[str, torch.Tensor] | None = None,
         save_function: Any = None,
