@@ -47,7 +47,9 @@ def _foreign_hooks(m: nn.Module, ours: set[int]) -> bool:
 def _global_hooks() -> bool:
     from torch.nn.modules import module as module_mod
 
-    return bool(module_mod._global_forward_hooks or module_mod._global_forward_pre_hooks)
+    # All four: a module traced through is never called, so its global backward hooks would not run either.
+    tables = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks")
+    return any(getattr(module_mod, t, None) for t in (*tables, "_global_backward_pre_hooks"))
 
 
 @functools.cache

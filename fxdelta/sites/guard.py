@@ -30,7 +30,13 @@ def _signature(m: nn.Module) -> tuple:
 
 
 def _global_signature() -> tuple:
-    return tuple(tuple(t) for t in (torch_module._global_forward_hooks, torch_module._global_forward_pre_hooks))
+    tables = (
+        "_global_forward_hooks",
+        "_global_forward_pre_hooks",
+        "_global_backward_hooks",
+        "_global_backward_pre_hooks",
+    )
+    return tuple(tuple(getattr(torch_module, t, None) or ()) for t in tables)
 
 
 class RegionGuard:
