@@ -79,7 +79,7 @@ def compiled_module_type() -> type[torch.nn.Module]:
 
 def storage_key(t: torch.Tensor) -> StorageKey:
     """A hashable key for the memory ``t`` views: equal for tensors (views, FakeTensors) sharing a storage."""
-    return StorageWeakRef(t.untyped_storage())
+    return StorageWeakRef(t.untyped_storage())  # type: ignore[no-untyped-call]  # torch leaves it unannotated
 
 
 def saved_tensor_hooks_active() -> bool:
