@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fxdelta.compiler.engines import refuse_wrapped
+from fxdelta.compiler.engines import refuse_wrapped, unwrap
 from fxdelta.compiler.state import BackboneState
 from fxdelta.core.errors import ConfigError
 from fxdelta.core.precision import dtype_name
@@ -64,31 +64,6 @@ def _with_dtype(configs: list[DeltaConfig], delta_dtype: str | torch.dtype | Non
     return [c.replace(delta_dtype=wanted) for c in configs]
 
 
-def _wrapper_types() -> tuple[type, ...]:
-    """Modules that wrap a model and hold it as an attribute: DataParallel, DDP, FSDP (1), torch.compile."""
-    kinds: list[type] = [nn.DataParallel, nn.parallel.DistributedDataParallel]
-    from torch._dynamo.eval_frame import OptimizedModule
-
-    kinds.append(OptimizedModule)
-    if torch.distributed.is_available():
-        from torch.distributed.fsdp import FullyShardedDataParallel
-
-        kinds.append(FullyShardedDataParallel)
-    return tuple(kinds)
-
-
-def backbone_of(model: nn.Module) -> nn.Module:
-    """The backbone inside a DDP / DataParallel / FSDP / ``torch.compile`` wrapper (``model`` itself if it is
-    none, or already holds deltas). FSDP2's ``fully_shard`` shards a module in place: it is its own backbone."""
-    wrappers = _wrapper_types()
-    while isinstance(model, wrappers) and BackboneState.find(model) is None:
-        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
-        if not isinstance(inner, nn.Module):
-            break
-        model = inner
-    return model
-
-
 def compile(
     backbone: nn.Module,
     spec: Spec,
@@ -113,7 +88,7 @@ def compile(
     """
     configs = _with_dtype(_configs(spec), delta_dtype)
     refuse_wrapped(backbone)  # a DDP / FSDP wrapper would not synchronize deltas added inside it
-    outer, backbone = backbone, backbone_of(backbone)
+    outer, backbone = backbone, unwrap(backbone)
     handles: list[DeltaModel] = []
     try:
         for config in configs:
@@ -135,14 +110,14 @@ def compile(
 def delta_models(backbone: nn.Module) -> dict[str, DeltaModel]:
     """Every delta model created on ``backbone`` (attached or not; through a DDP, FSDP or ``torch.compile``
     wrapper), by name."""
-    state = BackboneState.find(backbone_of(backbone))
+    state = BackboneState.find(unwrap(backbone))
     return {h.name: h for h in state.handles if isinstance(h, DeltaModel)} if state else {}
 
 
 def save(backbone: nn.Module, directory: str | os.PathLike, *, format: str = "fxdelta") -> None:
     """Write one checkpoint folder holding every attached delta of ``backbone`` (or of the model a wrapper holds).
     ``format="peft"``: a PEFT adapter folder (which holds one delta)."""
-    backbone = backbone_of(backbone)
+    backbone = unwrap(backbone)
     saving.save(backbone, BackboneState.find(backbone), directory, format)
 
 
@@ -151,7 +126,7 @@ def load(backbone: nn.Module, directory: str | os.PathLike, **options: Any) -> n
     and return ``backbone``. ``directory`` may also be a PEFT adapter folder (``adapter_config.json``).
     Like ``compile``, it refuses a model DDP or FSDP already wraps: load, then wrap."""
     refuse_wrapped(backbone)
-    load_deltas(directory, backbone_of(backbone), model_class_for, **options)
+    load_deltas(directory, unwrap(backbone), model_class_for, **options)
     return backbone
 
 
@@ -171,12 +146,12 @@ def reset_deltas(backbone: nn.Module) -> list[str]:
     magnitudes and soft prompts drawn from the vocabulary then come from the real weights, task-head copies from
     the real head, and random inits from torch's global generator in compile's order (seed first for the deltas
     compile would give). Parameters that can hold the values keep their identity; those on ``meta`` are replaced."""
-    return _reset(backbone_of(backbone))
+    return _reset(unwrap(backbone))
 
 
 def show_graph(backbone: nn.Module, path: str, *, file: Any = None) -> None:
     """Print the rewritten fx graph (code and node list) of the site carrying the delta on ``path``."""
-    graphs.show_graph(backbone_of(backbone), path, file=file)
+    graphs.show_graph(unwrap(backbone), path, file=file)
 
 
 def merge(backbone: nn.Module) -> MergeReport:
@@ -184,14 +159,14 @@ def merge(backbone: nn.Module) -> MergeReport:
     wrapper) and take its sites out; the others stay attached, with a warning. Each merge runs the sites it
     changes on probe inputs before and after, and is refused (a ``MergeError``, nothing changed) above its
     dtype's bound; the returned report holds each site's max abs error. ``fxdelta.unmerge`` undoes it exactly."""
-    backbone = backbone_of(backbone)
+    backbone = unwrap(backbone)
     return whole_model.merge_all(backbone, list(delta_models(backbone).values()))
 
 
 def unmerge(backbone: nn.Module) -> list[str]:
     """Write back, bit for bit, the weights every merge into ``backbone`` overwrote, and attach those deltas
     again; returns their names (latest merge first)."""
-    backbone = backbone_of(backbone)
+    backbone = unwrap(backbone)
     return whole_model.unmerge_all(backbone, list(delta_models(backbone).values()))
 
 
@@ -199,6 +174,6 @@ def merge_and_unload(backbone: nn.Module) -> nn.Module:
     """Merge every attached delta for good and remove all of fxdelta from ``backbone`` (sites, hooks, state, the
     delta models): a plain model with the deltas in its weights is left, and returned. Refused while a delta
     that cannot fold is attached (detach it first)."""
-    inner = backbone_of(backbone)
+    inner = unwrap(backbone)
     whole_model.merge_and_unload(inner, list(delta_models(inner).values()))
     return backbone

@@ -1,6 +1,7 @@
 """Input route: ``h_in <- h_in + d(h_in)``, before the module that consumes ``h_in``."""
 
 import operator
+from collections.abc import Callable
 
 import torch.fx as fx
 
@@ -24,6 +25,6 @@ def insert_input(graph: fx.Graph, h_in: fx.Node, delta: str, consumer: fx.Node |
     return new
 
 
-def _position(graph: fx.Graph):
+def _position(graph: fx.Graph) -> Callable[[fx.Node], int]:
     order = {node: i for i, node in enumerate(graph.nodes)}
     return order.__getitem__

@@ -2,6 +2,7 @@
 
 import torch
 from torch import nn
+from torch.nn.modules.module import register_module_full_backward_hook
 
 import fxdelta
 from fxdelta.compiler.state import BackboneState
@@ -116,3 +117,32 @@ def test_a_forward_replaced_after_compile_on_a_traced_through_module_runs():
     with torch.no_grad():
         model(x)
     assert calls == [1]
+
+
+def _backward_hooks_fired(model) -> set[str]:
+    """The classes whose modules a global full backward hook saw in one forward and backward."""
+    fired: set[str] = set()
+    handle = register_module_full_backward_hook(lambda m, gi, go: fired.add(type(m).__name__))
+    try:
+        model(torch.randn(2, 8, requires_grad=True)).sum().backward()
+    finally:
+        handle.remove()
+    return fired
+
+
+def test_a_global_backward_hook_keeps_modules_out_of_regions():
+    """Global backward hooks, like global forward hooks, run from a module's own call: none is traced through."""
+    model = build()
+    handle = register_module_full_backward_hook(lambda *a: None)
+    try:
+        fxdelta.LoraModel(model, modified_modules=["fc1", "head"])
+    finally:
+        handle.remove()
+    assert "traced region" not in {kind for kind, _, _ in sites(model)}
+
+
+def test_a_global_backward_hook_added_after_compile_runs_on_traced_through_modules():
+    model = build()
+    fxdelta.LoraModel(model, modified_modules=["fc1", "head"])
+    assert sites(model) == [("traced region", "", ("block.fc1", "head"))]  # block inlined
+    assert "Block" in _backward_hooks_fired(model)  # the guard re-planned before the forward

@@ -69,3 +69,13 @@ def test_names_may_be_what_users_write():
     for bad in ("task-a", "2task", "a.b", ""):
         with pytest.raises(fxdelta.ConfigError, match="identifier"):
             LoraModel(model, name=bad)
+
+
+def test_unwrap_looks_through_every_wrapper_but_engines_are_refused():
+    from fxdelta.compiler.engines import _engine_wrappers, unwrap, wrapper_types
+
+    assert nn.DataParallel in wrapper_types() and nn.parallel.DistributedDataParallel in wrapper_types()
+    assert set(_engine_wrappers()) < set(wrapper_types()) and nn.DataParallel not in _engine_wrappers()
+    model = nn.Sequential(nn.Linear(2, 2))
+    for wrapped in (model, nn.DataParallel(model), torch.compile(model), nn.DataParallel(torch.compile(model))):
+        assert unwrap(wrapped) is model

@@ -21,9 +21,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch._subclasses.fake_tensor import FakeTensor
 
 from fxdelta.compiler.restore import DEPTH
+from fxdelta.core.torch_internals import FakeTensor
 
 OBSERVING = "_fxdelta_observes"  # set on observation's own forward wrappers
 TABLES = ("_parameters", "_buffers", "_modules")  # compared by ``structure``

@@ -20,7 +20,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch._subclasses.fake_tensor import FakeTensorMode
 
 from fxdelta.compiler.examples import Example
 from fxdelta.compiler.likeness import OBSERVING
@@ -28,6 +27,7 @@ from fxdelta.compiler.repeats import Repeats
 from fxdelta.compiler.restore import hooks_set_aside, restored_after
 from fxdelta.core.calls import OutKind, first_hidden, first_param_name, hidden_slot
 from fxdelta.core.records import CallRecord, TensorSpec
+from fxdelta.core.torch_internals import FakeTensorMode
 
 logger = logging.getLogger(__name__)
 

@@ -29,6 +29,7 @@ from fxdelta.compiler.trace import TraceCache
 from fxdelta.core.entries import Entry, SitePlanner
 from fxdelta.core.paths import parent_paths, relative
 from fxdelta.core.records import CallRecord
+from fxdelta.core.torch_internals import global_module_hooks
 from fxdelta.sites.base import Site
 from fxdelta.sites.carrier import InputCarrier
 from fxdelta.sites.graph import GraphSite, opaque_supported
@@ -42,12 +43,6 @@ def _foreign_hooks(m: nn.Module, ours: set[int]) -> bool:
     """Whether ``m`` has hooks that are not fxdelta's own hook sites."""
     ids = [*m._forward_hooks, *m._forward_pre_hooks, *m._backward_hooks, *getattr(m, "_backward_pre_hooks", {})]
     return any(i not in ours for i in ids)
-
-
-def _global_hooks() -> bool:
-    from torch.nn.modules import module as module_mod
-
-    return bool(module_mod._global_forward_hooks or module_mod._global_forward_pre_hooks)
 
 
 @functools.cache
@@ -199,7 +194,7 @@ class Planner:
         while True:  # the hooked modules only grow: this ends
             regions: dict[str, _Region] = {}
             region_of: dict[str, str] = {}
-            if not _global_hooks():
+            if not any(global_module_hooks()):  # they would not run on modules traced through
                 for e in pairs:
                     if e.target not in hooked:
                         self._assign_region([e.reads, e.target], boundaries, regions, region_of)

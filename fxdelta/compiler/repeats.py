@@ -35,13 +35,12 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch._subclasses.fake_tensor import FakeTensor, maybe_get_fake_mode
-from torch.multiprocessing.reductions import StorageWeakRef
 
 from fxdelta.compiler.likeness import Incomparable, Memo, attributes, freeze, owned, structure
 from fxdelta.compiler.watch import ALL, watching
 from fxdelta.core.paths import parent_paths, relative
 from fxdelta.core.records import CallRecord
+from fxdelta.core.torch_internals import FakeTensor, StorageKey, global_module_hooks, maybe_get_fake_mode, storage_key
 
 _STACKS = (nn.ModuleList, nn.Sequential, nn.ModuleDict)
 _TRIES = 4  # representatives per stack: one per kind of layer (alternating kinds take two); then full runs
@@ -61,19 +60,8 @@ class _Seen:
     output: Any  # a template (``_template``)
 
 
-def _global_hooks() -> bool:
-    from torch.nn.modules import module as module_mod
-
-    tables = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks")
-    return any(getattr(module_mod, t, None) for t in (*tables, "_global_backward_pre_hooks"))
-
-
 def _valueless(module: nn.Module) -> bool:
     return all(t.is_meta for t in (*module.parameters(), *module.buffers()))
-
-
-def _storage(t: torch.Tensor) -> StorageWeakRef:
-    return StorageWeakRef(t.untyped_storage())
 
 
 def _tensors(value: Any) -> list[torch.Tensor]:
@@ -86,14 +74,14 @@ def _tensors(value: Any) -> list[torch.Tensor]:
     return []
 
 
-def _template(out: Any, inputs: list[torch.Tensor], taken: set[StorageWeakRef]) -> Any:
+def _template(out: Any, inputs: list[torch.Tensor], taken: set[StorageKey]) -> Any:
     """How to make an output like ``out`` again: an input passed through as it is, else fresh FakeTensors
     (storages not in ``taken``, nor shared among them)."""
     if type(out) is FakeTensor:
         passed = next((i for i, t in enumerate(inputs) if t is out), None)
         if passed is not None:
             return ("input", passed)
-        storage = _storage(out)
+        storage = storage_key(out)
         if storage in taken or out.storage_offset() or out.requires_grad or out.constant is not None:
             return _UNSUPPORTED
         taken.add(storage)
@@ -161,7 +149,7 @@ class Repeats:
         stack = self.stacks.get(path)
         first = path not in self.called
         self.called.add(path)
-        if stack is None or not first or self.busy or _global_hooks():
+        if stack is None or not first or self.busy or any(global_module_hooks()):
             return forward(*args, **kwargs)
         try:
             inputs = freeze((args, kwargs))
@@ -277,11 +265,11 @@ def _unchanged(inputs: Hashable, args: tuple, kwargs: dict) -> bool:
         return False
 
 
-def _taken(module: nn.Module, args: tuple, kwargs: dict) -> set[StorageWeakRef]:
+def _taken(module: nn.Module, args: tuple, kwargs: dict) -> set[StorageKey]:
     """Storages an output must not share: the inputs', and those of the FakeTensors standing for the tree's
     own tensors (a replayed output would be a fresh tensor, not a view of them)."""
     inputs = _tensors((args, kwargs))
     mode = next((maybe_get_fake_mode(t) for t in inputs if maybe_get_fake_mode(t) is not None), None)
     own = [t for m in module.modules() for t in (*m._parameters.values(), *m._buffers.values()) if t is not None]
     fakes = [mode.from_tensor(t) for t in own] if mode is not None else []
-    return {_storage(t) for t in (*inputs, *fakes)}
+    return {storage_key(t) for t in (*inputs, *fakes)}

@@ -22,6 +22,7 @@ from torch import nn
 from fxdelta.compiler.restore import hooks_set_aside
 from fxdelta.core.paths import relative
 from fxdelta.core.records import CallRecord
+from fxdelta.core.torch_internals import saved_tensor_hooks_active
 from fxdelta.sites.codegen import Codes
 
 logger = logging.getLogger(__name__)
@@ -29,8 +30,7 @@ logger = logging.getLogger(__name__)
 
 def _autograd_state() -> tuple:
     """What a graph cannot hold: grad mode, saved-tensor hooks (activation checkpointing sets them), autocast."""
-    hooks = torch._C._autograd._top_saved_tensors_default_hooks(True)
-    return torch.is_grad_enabled(), hooks is not None, torch.is_autocast_enabled("cpu")
+    return torch.is_grad_enabled(), saved_tensor_hooks_active(), torch.is_autocast_enabled("cpu")
 
 
 class _RegionTracer(fx.Tracer):

@@ -9,4 +9,5 @@
 - ``per_thread.py``: per-forward bookkeeping that threads must not share.
 - ``handles.py``: the protocol the compiler and the views need of a delta model.
 - ``errors.py``: the one exception family.
+- ``torch_internals.py``: every name of torch's private surface fxdelta uses (no other file names one).
 """

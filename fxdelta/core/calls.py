@@ -78,7 +78,7 @@ def first_param_name(module: nn.Module) -> str | None:
     return None
 
 
-def hidden_slot(args: tuple, kwargs: Mapping[str, Any], first_param: str | None) -> int | str | None:
+def hidden_slot(args: tuple[Any, ...], kwargs: Mapping[str, Any], first_param: str | None) -> int | str | None:
     """Where ``h_in`` sits in a call: first positional, the first parameter by keyword, or ``hidden_states``."""
     if args:
         return 0 if isinstance(args[0], torch.Tensor) else None
@@ -88,14 +88,18 @@ def hidden_slot(args: tuple, kwargs: Mapping[str, Any], first_param: str | None)
     return None
 
 
-def replace_slot(args: tuple, kwargs: dict, slot: int | str, value: torch.Tensor) -> tuple[tuple, dict]:
+def replace_slot(
+    args: tuple[Any, ...], kwargs: dict[str, Any], slot: int | str, value: torch.Tensor
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """The call's arguments with the one at ``slot`` replaced by ``value``."""
     if isinstance(slot, int):
         return (*args[:slot], value, *args[slot + 1 :]), kwargs
     return args, {**kwargs, slot: value}
 
 
-def by_name(signature: inspect.Signature, args: tuple, kwargs: dict, *, keep_first: bool = False) -> tuple[tuple, dict]:
+def by_name(
+    signature: inspect.Signature, args: tuple[Any, ...], kwargs: dict[str, Any], *, keep_first: bool = False
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """``(args, kwargs)`` with every argument addressable by name (``**kwargs`` flattened).
 
     ``keep_first`` leaves a lone positional argument where it is (an attention's hidden states):

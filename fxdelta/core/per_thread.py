@@ -19,7 +19,8 @@ class PerThread(Generic[T]):
 
     def get(self) -> T:
         try:
-            return self._local.value
+            value: T = self._local.value
+            return value
         except AttributeError:
             value = self._local.value = self._factory()
             return value

@@ -58,7 +58,8 @@ def dtype_of(module: nn.Module) -> torch.dtype | None:
         stack = [module]
         while stack:
             m = stack.pop()
-            for t in getattr(m, table).values():
+            tensors: dict[str, torch.Tensor | None] = getattr(m, table)
+            for t in tensors.values():
                 if t is not None and t.is_floating_point():
                     return t.dtype
             stack.extend(c for c in reversed(m._modules.values()) if c is not None)
@@ -77,7 +78,7 @@ def run(delta: nn.Module, like: torch.Tensor, *inputs: torch.Tensor) -> torch.Te
     if dtype is not None:
         inputs = tuple(x.to(dtype) if x.is_floating_point() and x.dtype != dtype else x for x in inputs)
     try:
-        out = delta(*inputs)
+        out: torch.Tensor = delta(*inputs)
     except RuntimeError as e:
         mixed = sorted({str(t.dtype) for t in _floats(delta)})
         if len(mixed) < 2:

@@ -22,6 +22,7 @@ from fxdelta.compiler.verify import Check
 from fxdelta.core.entries import Entry
 from fxdelta.core.errors import MergeError
 from fxdelta.core.handles import DeltaHandle
+from fxdelta.core.torch_internals import version_of
 from fxdelta.spec.config import DeltaConfig
 from fxdelta.spec.method import Method
 
@@ -112,7 +113,7 @@ def unmerge(handles: Iterable[Handle], *, attach: bool = True) -> list[str]:
         todo.sort(key=lambda h: _record(h).serial, reverse=True)
         params = {id(w.param): w.param for h in todo for w in _record(h).writes}
         current = [(p, p.detach().clone()) for p in params.values()]
-        start = {i: p._version for i, p in params.items()}
+        start = {i: version_of(p) for i, p in params.items()}
         previous = list(state.active)
         try:
             for h in todo:
@@ -145,7 +146,7 @@ def carry_versions(state: BackboneState, versions: dict[int, int]) -> None:
     for h in _merged_handles(state):
         for w in _record(h).writes:
             if versions.get(id(w.param)) == w.version:
-                w.version = w.param._version
+                w.version = version_of(w.param)
 
 
 def _record(handle: Handle) -> Merged:
@@ -185,7 +186,7 @@ def _check_unmergeable(state: BackboneState, handle: Handle, todo: list[Handle])
                 f"{w.name} was replaced, or moved to another dtype or device, while {handle.name} was merged; "
                 f"unmerging would not restore it bit for bit"
             )
-        if w.param._version != w.version:
+        if version_of(w.param) != w.version:
             raise MergeError(
                 f"{w.name} was written while {handle.name} was merged (an optimizer step or load_state_dict); "
                 f"unmerging would throw that away. Save the model as it is, or load the original weights"

@@ -12,6 +12,7 @@ from torch import nn
 from fxdelta.compiler.state import BackboneState
 from fxdelta.core.errors import SelectorError
 from fxdelta.core.records import CallRecord
+from fxdelta.core.torch_internals import FakeTensorMode
 from fxdelta.inspect.tree import console
 
 if TYPE_CHECKING:
@@ -22,7 +23,6 @@ logger = logging.getLogger(__name__)
 
 def propagate_shapes(gm: fx.GraphModule, record: CallRecord) -> None:
     """Annotate every node of ``gm`` with its shape (``node.meta['tensor_meta']``), on FakeTensors."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.fx.passes.shape_prop import ShapeProp
 
     mode = FakeTensorMode(allow_non_fake_inputs=True)

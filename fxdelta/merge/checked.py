@@ -20,6 +20,7 @@ from fxdelta.compiler.install import apply
 from fxdelta.compiler.state import BackboneState
 from fxdelta.compiler.verify import Check, Probe, compare
 from fxdelta.core.errors import MergeError
+from fxdelta.core.torch_internals import version_of
 from fxdelta.deltas.merge_record import Handle, Merged, MergeReport, Write, carry_versions, unmerge
 from fxdelta.merge.writes import planned_writes
 
@@ -60,7 +61,7 @@ def _merge_one(state: BackboneState, handle: Handle) -> MergeReport:
     before = probe.run()
     previous = list(state.active)
     kept = [(p, p.detach().clone()) for _, p, _ in writes]
-    start = {id(p): p._version for _, p, _ in writes}
+    start = {id(p): version_of(p) for _, p, _ in writes}
     try:
         apply(state, [e for e in previous if id(e) not in ours])
         with torch.no_grad():
@@ -78,9 +79,8 @@ def _merge_one(state: BackboneState, handle: Handle) -> MergeReport:
         apply(state, previous)
         raise
     report = MergeReport((handle.name,), tuple(checks))
-    record = [
-        Write(n, p, original, start[id(p)], p._version) for (n, p, _), (_, original) in zip(writes, kept, strict=True)
-    ]
+    pairs = zip(writes, kept, strict=True)
+    record = [Write(n, p, original, start[id(p)], version_of(p)) for (n, p, _), (_, original) in pairs]
     handle.merge_record = Merged(state.next_serial(), record, report, names={n for n, _, _ in writes})
     handle.attached = False
     handle.sync_state_dict_hook()

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from fxdelta.core.routes import Route
 from fxdelta.methods.activations import NonLinearity
-from fxdelta.methods.bottleneck import Bottleneck, dense_bottleneck
+from fxdelta.methods.bottleneck import Bottleneck, dense_bottleneck, fold_refusal
 from fxdelta.spec.config import DeltaConfig
 from fxdelta.spec.method import Method, TargetInfo
 
@@ -47,8 +47,7 @@ METHOD = Method(
     config=AdapterConfig,
     build=build,
     route=Route.OUTPUT,
-    fold_refusal="its bottleneck has a nonlinearity between its two projections, "
-    "which no weight of the patched module can hold",
+    fold_refusal=fold_refusal(),
     default_positions=("attn.o", "ff.w2"),
     summary="Bottleneck adapters after modules (output route); default positions: attention output and FFN output.",
     small={"bottleneck_dim": 16},

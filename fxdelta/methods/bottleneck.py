@@ -14,6 +14,13 @@ from torch import nn
 from fxdelta.methods.activations import NonLinearity
 
 
+def fold_refusal(aside: str = "") -> str:
+    """Why an adapter's bottleneck cannot be merged into the patched module's weights (``Method.fold_refusal``);
+    ``aside``, if given, is a parenthesis an adapter adds (``"(and it may read another module's input)"``)."""
+    projections = f"its two projections {aside}" if aside else "its two projections"
+    return f"its bottleneck has a nonlinearity between {projections}, which no weight of the patched module can hold"
+
+
 def on_feature_axis(fn: Callable[[torch.Tensor], torch.Tensor], h: torch.Tensor, axis: int) -> torch.Tensor:
     """Apply a last-dim ``fn`` along ``axis`` (channels-first outputs keep their layout)."""
     if axis == -1:

@@ -12,7 +12,7 @@ from torch import nn
 from fxdelta.core.errors import ConfigError
 from fxdelta.core.routes import Route
 from fxdelta.methods.activations import NonLinearity
-from fxdelta.methods.bottleneck import Bottleneck
+from fxdelta.methods.bottleneck import Bottleneck, fold_refusal
 from fxdelta.methods.low_rank import WeightInit, bottleneck_size, init_weight
 from fxdelta.spec.config import DeltaConfig
 from fxdelta.spec.method import Method, TargetInfo
@@ -174,8 +174,7 @@ METHOD = Method(
     config=CompacterConfig,
     build=build,
     route=Route.OUTPUT,
-    fold_refusal="its bottleneck has a nonlinearity between its two projections, "
-    "which no weight of the patched module can hold",
+    fold_refusal=fold_refusal(),
     default_positions=("attn", "ff"),
     summary="Adapters with PHM (sum-of-Kronecker) projections (output route); default positions: the attention "
     "block and FFN outputs.",

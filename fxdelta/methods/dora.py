@@ -14,12 +14,11 @@ from dataclasses import dataclass
 from typing import ClassVar, cast
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fxdelta.core.routes import Route
 from fxdelta.methods.folding import out_in, wide
-from fxdelta.methods.lora import LoraConfig, LoraDelta
+from fxdelta.methods.lora import LoraConfig, LoraDelta, weight_update
 from fxdelta.methods.peft_lora import peft_format
 from fxdelta.spec.method import Method, TargetInfo, linear_only
 
@@ -59,9 +58,7 @@ class DoraDelta(LoraDelta):
         scale = torch.where(nonzero, self.magnitude / torch.where(nonzero, norm, 1.0), 1.0)  # (out,)
         bias = getattr(self._layer, "bias", None)
         base = h if bias is None else h - bias  # (..., out): x W^T
-        if self.lora_dropout is not None:
-            x = self.lora_dropout(x)
-        lora = F.linear(F.linear(x, self.lora_A), self.lora_B) * self.scaling  # (..., out)
+        lora = LoraDelta.forward(self, x)  # (..., out): LoRA's own update, s * B(A(dropout(x)))
         return (scale - 1) * base + scale * lora
 
 
@@ -74,7 +71,7 @@ def fold(delta: nn.Module, layer: nn.Module, params: Mapping[str, torch.Tensor])
     """``diag(m / ||V||) V`` with ``V = W + s B A``: the layer then computes ``(m / ||V||) * (x V^T) + b``, which
     is the patched output (rows with no direction keep scale 1, as in ``forward``; the bias is unchanged)."""
     d = cast(DoraDelta, delta)
-    direction = wide(out_in(layer, params["weight"])) + (wide(d.lora_B) @ wide(d.lora_A)) * d.scaling  # (out, in)
+    direction = wide(out_in(layer, params["weight"])) + weight_update(d)  # (out, in)
     norm = direction.norm(dim=1)  # (out,)
     nonzero = norm > 0
     scale = torch.where(nonzero, wide(d.magnitude) / torch.where(nonzero, norm, 1.0), 1.0)  # (out,)

@@ -48,6 +48,7 @@ class LoraDelta(nn.Module):
         self.lora_dropout = nn.Dropout(config.lora_dropout) if config.lora_dropout > 0 else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The update ``s * B(A(dropout(x)))``; DoRA's forward calls this one too (``LoraDelta.forward``)."""
         if self.lora_dropout is not None:
             x = self.lora_dropout(x)
         return F.linear(F.linear(x, self.lora_A), self.lora_B) * self.scaling  # (..., out)
@@ -62,10 +63,15 @@ def build(config: LoraConfig, target: TargetInfo) -> LoraDelta:
     return LoraDelta(target.in_features, target.out_features, config, dtype=target.dtype, device=target.device)
 
 
+def weight_update(d: LoraDelta) -> torch.Tensor:
+    """``B A * alpha / r`` (out, in), in the dtype a fold computes in: what folding adds to the weight (DoRA too)."""
+    return (wide(d.lora_B) @ wide(d.lora_A)) * d.scaling
+
+
 def fold(delta: nn.Module, layer: nn.Module, params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``W + B A * alpha / r`` (dropout is the identity outside training, as a merged layer has none)."""
     d = cast(LoraDelta, delta)
-    update = (wide(d.lora_B) @ wide(d.lora_A)) * d.scaling  # (out, in)
+    update = weight_update(d)  # (out, in)
     return {"weight": out_in(layer, wide(out_in(layer, params["weight"])) + update)}
 
 

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from fxdelta.core.routes import Route
 from fxdelta.methods.activations import NonLinearity
-from fxdelta.methods.bottleneck import Bottleneck
+from fxdelta.methods.bottleneck import Bottleneck, fold_refusal
 from fxdelta.methods.low_rank import LowRankLinear, WeightInit, bottleneck_size
 from fxdelta.spec.config import DeltaConfig
 from fxdelta.spec.method import Method, TargetInfo
@@ -65,8 +65,7 @@ METHOD = Method(
     config=LowRankAdapterConfig,
     build=build,
     route=Route.OUTPUT,
-    fold_refusal="its bottleneck has a nonlinearity between its two projections, "
-    "which no weight of the patched module can hold",
+    fold_refusal=fold_refusal(),
     default_positions=("attn", "ff"),
     summary="Adapters with rank-``low_rank_rank`` projections (output route); default positions: the attention "
     "block and FFN outputs.",

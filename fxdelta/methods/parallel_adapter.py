@@ -13,7 +13,7 @@ from typing import ClassVar
 
 from fxdelta.core.routes import Route
 from fxdelta.methods.activations import NonLinearity
-from fxdelta.methods.bottleneck import Bottleneck, dense_bottleneck
+from fxdelta.methods.bottleneck import Bottleneck, dense_bottleneck, fold_refusal
 from fxdelta.spec.config import DeltaConfig
 from fxdelta.spec.method import Method, TargetInfo
 
@@ -56,8 +56,7 @@ METHOD = Method(
     config=ParallelAdapterConfig,
     build=build,
     route=Route.PARALLEL,
-    fold_refusal="its bottleneck has a nonlinearity between its two projections (and it may read another "
-    "module's input), which no weight of the patched module can hold",
+    fold_refusal=fold_refusal("(and it may read another module's input)"),
     default_positions=("attn", "attn", "ff.in", "ff.w2"),
     needs_h_in=True,
     pairs=True,

@@ -19,6 +19,7 @@ from torch import nn
 from fxdelta.core.errors import ConfigError
 from fxdelta.core.per_thread import PerThread
 from fxdelta.core.routes import Route
+from fxdelta.core.torch_internals import version_of
 from fxdelta.io.distributed import is_sharded
 from fxdelta.methods.peft_prompt import PREFIX
 from fxdelta.methods.prefix_probe import probe_attention
@@ -95,7 +96,7 @@ class PrefixEncoder(nn.Module):
         The result is reused by the layers of one forward; it is recomputed after any change to the MLP's
         parameters, in another grad mode, and at the start of each backbone forward.
         """
-        state = (torch.is_grad_enabled(), tuple(p._version for p in self.parameters()))
+        state = (torch.is_grad_enabled(), tuple(version_of(p) for p in self.parameters()))
         cache = self._cache.get()
         slices, computed_for = cache
         if slices is None or state != computed_for:

@@ -14,9 +14,9 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from torch import nn
-from torch.nn.modules import module as torch_module
 
 from fxdelta.core.entries import Entry
+from fxdelta.core.torch_internals import global_module_hooks
 from fxdelta.sites.base import SiteKind
 
 
@@ -27,10 +27,6 @@ class Checks(Protocol):
 def _signature(m: nn.Module) -> tuple:
     tables = (m._forward_hooks, m._forward_pre_hooks, m._backward_hooks, m._backward_pre_hooks)
     return (*(tuple(t) for t in tables), m.__dict__.get("forward"))
-
-
-def _global_signature() -> tuple:
-    return tuple(tuple(t) for t in (torch_module._global_forward_hooks, torch_module._global_forward_pre_hooks))
 
 
 class RegionGuard:
@@ -60,7 +56,7 @@ class RegionGuard:
         return []
 
     def stale(self) -> bool:
-        return _global_signature() != self._global or any(
+        return global_module_hooks() != self._global or any(
             _signature(m) != expected for m, expected in zip(self.inlined, self._expected, strict=True)
         )
 
@@ -71,7 +67,7 @@ class RegionGuard:
     def install(self) -> None:
         if not self._installed:
             self._expected = [_signature(m) for m in self.inlined]
-            self._global = _global_signature()
+            self._global = global_module_hooks()
             self._gate.checks.append(self._check)
             self._installed = True
 

@@ -196,7 +196,7 @@ class DeltaConfig:
         return cls(**kept)
 
     @classmethod
-    def from_finetuned(cls, finetuned_delta_path: str | os.PathLike, **download_options: Any) -> DeltaConfig:
+    def from_finetuned(cls, finetuned_delta_path: str | os.PathLike[str], **download_options: Any) -> DeltaConfig:
         """The config saved in a local checkpoint folder (``save_finetuned``), of this method.
 
         Hub download options (``cache_dir``, ``force_download``, ``local_files_only``, ...) are accepted

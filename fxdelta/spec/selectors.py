@@ -32,7 +32,7 @@ def _regex_body(pattern: str) -> str | None:
     return None
 
 
-def compile_pattern(pattern: str):
+def compile_pattern(pattern: str) -> Callable[[str], bool]:
     """Return a predicate ``name -> bool`` for one selector; bad regexes raise ``SelectorError``."""
     if not isinstance(pattern, str) or not pattern:
         raise SelectorError(f"a module selector must be a non-empty string, got {pattern!r}")
@@ -49,7 +49,7 @@ def compile_pattern(pattern: str):
     return lambda name: _ends_a_tail(regex.search(name), name)
 
 
-def _ends_a_tail(found: re.Match | None, name: str) -> bool:
+def _ends_a_tail(found: re.Match[str] | None, name: str) -> bool:
     """OpenDelta's ``[r]`` rule: the (leftmost) match is a tail of the name on a ``.`` boundary."""
     if found is None or found.end() != len(name):
         return False
