@@ -172,3 +172,14 @@ def test_an_init_peft_does_not_know_is_refused(tmp_path, init):
     file.write_text(json.dumps(json.loads(file.read_text()) | {"init_lora_weights": init}))
     with pytest.raises(CheckpointError, match=f"init_lora_weights={init!r}"):
         fxdelta.load(LLAMA.build(), tmp_path / "adapter")
+
+
+def test_what_peft_0_22_writes_by_default_loads(tmp_path):
+    # PEFT 0.22's LoraConfig adds astra_config (None unless init_lora_weights="astra"); the rest it writes is 0.21's.
+    theirs = trained(peft.get_peft_model(LLAMA.build(), lora_config(True)))
+    theirs.save_pretrained(tmp_path / "adapter")
+    file = tmp_path / "adapter" / "adapter_config.json"
+    file.write_text(json.dumps(json.loads(file.read_text()) | {"astra_config": None, "peft_version": "0.22.0"}))
+    ours = LLAMA.build()
+    fxdelta.load(ours, tmp_path / "adapter")
+    assert torch.equal(logits(ours), logits(theirs))
