@@ -71,6 +71,24 @@ def test_position_resolves(family, position):
         )
 
 
+class _Wrapper(nn.Module):
+    """A user's model holding a transformers model (as OpenDelta's users wrap theirs)."""
+
+    def __init__(self, lm: nn.Module) -> None:
+        super().__init__()
+        self.lm, self.head = lm, nn.Linear(2, 2)
+
+
+@pytest.mark.parametrize("family", HF_FAMILIES)
+def test_positions_are_found_inside_a_user_wrapper(family):
+    model = ZOO[family].build()
+    wrapped = _Wrapper(model)
+    for position in ("attn.q", "ff.w2", "layer_norm", "attn.self"):
+        bare = select([n for n, _ in model.named_modules()], default_selectors(model, [position], "test"))
+        inside = select([n for n, _ in wrapped.named_modules()], default_selectors(wrapped, [position], "test"))
+        assert inside == [f"lm.{n}" for n in bare] and bare, position
+
+
 def test_unknown_family_asks_for_modified_modules():
     with pytest.raises(UnsupportedModelError, match="modified_modules"):
         default_selectors(nn.Sequential(nn.Linear(2, 2)), ["attn.q"], "lora")

@@ -155,8 +155,8 @@ COMMON_STRUCTURE: dict[str, dict[str, tuple[str, ...]]] = {
     "qwen2": _llama_like(),
     "qwen3": _llama_like(),
     "mistral": _llama_like(),
-    # Gemma3ForCausalLM (model_type gemma3_text); inside Gemma3ForConditionalGeneration the search finds its
-    # language model, and leaves the vision tower alone.
+    # Gemma3ForCausalLM (model_type gemma3_text); inside Gemma3ForConditionalGeneration (gemma3) the search finds
+    # its language model, but the selectors, matched on every name, reach the SigLIP tower's self_attn too
     "gemma3_text": _llama_like("pre_feedforward_layernorm", "post_feedforward_layernorm"),
     "phi3": {
         **_llama_like(),
