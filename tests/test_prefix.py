@@ -6,7 +6,7 @@ import torch
 from transformers.cache_utils import DynamicCache
 
 import fxdelta
-from fxdelta import ConfigError, PrefixModel, SelectorError
+from fxdelta import ConfigError, PrefixModel, SelectorError, UnsupportedModelError
 from fxdelta.compiler.state import BackboneState
 from fxdelta.sites.base import SiteKind
 
@@ -16,6 +16,8 @@ from zoo import ZOO
 
 P = 3
 SMALL = dict(prefix_token_num=P, embed_dim=16, mid_dim=16)
+# decoders users fine-tune today; Falcon and GPT-NeoX attentions take the cache as ``layer_past``
+NEW_DECODERS = ["mistral", "gemma3_text", "phi3", "falcon", "falcon-new", "gpt_neox"]
 
 
 def prefixed(name, seed=0, **kw):
@@ -35,7 +37,7 @@ def oracle_cache(model, handle, batch):
     return cache
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama"])
+@pytest.mark.parametrize("name", ["gpt2", "llama", *NEW_DECODERS])
 @pytest.mark.parametrize("padding", ["none", "left", "right"])
 def test_equals_the_model_given_the_prefix_as_past_key_values(name, padding):
     _zm, model, handle = prefixed(name)
@@ -55,7 +57,9 @@ def test_equals_the_model_given_the_prefix_as_past_key_values(name, padding):
 
 
 @pytest.mark.parametrize(
-    "name, left", [("bert", False), ("distilbert", False), ("t5", False), ("gpt2", True), ("llama", True)]
+    "name, left",
+    [("bert", False), ("distilbert", False), ("t5", False), ("gpt2", True), ("llama", True)]
+    + [(name, True) for name in NEW_DECODERS],
 )
 def test_padded_rows_equal_the_rows_alone(name, left):
     zm, model, _handle = prefixed(name)
@@ -63,7 +67,7 @@ def test_padded_rows_equal_the_rows_alone(name, left):
     assert_padded_row_equals_row_alone(zm, model, ids, padded_mask([6, 4], 6, left), left)
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama", "qwen2", "opt", "t5", "bart"])
+@pytest.mark.parametrize("name", ["gpt2", "llama", "qwen2", "opt", "t5", "bart", *NEW_DECODERS])
 def test_generate_with_and_without_cache(name):
     _zm, model, handle = prefixed(name)
     with torch.no_grad():
@@ -159,3 +163,28 @@ def test_errors_leave_the_model_alone():
         PrefixModel(ZOO["mlp"].build(), modified_modules=["fc1"], **SMALL)
     with pytest.raises(ConfigError, match=r"PrefixConfig\.prefix_token_num must be a positive int"):
         PrefixModel(model, prefix_token_num=0)
+
+
+class _NamedKV(torch.nn.Module):
+    def forward(self, x, kv: "DynamicCache | None" = None, use_cache: bool = False):  # a string annotation
+        return x
+
+
+def test_the_cache_argument_is_found_by_its_type():
+    from fxdelta.sites import hf
+
+    assert hf.cache_parameter(ZOO["gpt_neox"].build().gpt_neox.layers[0].attention) == "layer_past"
+    assert hf.cache_parameter(ZOO["falcon"].build().transformer.h[0].self_attention) == "layer_past"
+    assert hf.cache_parameter(_NamedKV()) == "kv"
+    assert hf.cache_parameter(torch.nn.Linear(2, 2)) is None
+
+
+def test_an_attention_without_a_layer_index_is_refused_for_that_reason(monkeypatch):
+    from fxdelta.sites import hf
+
+    monkeypatch.setattr(hf, "_is_cache_annotation", lambda annotation: False)  # as if layer_past were unknown
+    model = ZOO["gpt_neox"].build()
+    with pytest.raises(UnsupportedModelError, match="without the layer index") as e:
+        PrefixModel(model, **SMALL)
+    assert "have none" not in str(e.value)
+    assert BackboneState.find(model) is None or not BackboneState.find(model).active

@@ -122,6 +122,12 @@ def probe_attention(backbone: nn.Module, example: Example, paths: list[str]) -> 
                 f"{path} is a causal attention, but no module above its layer takes a KV cache and an attention "
                 f"mask in this transformers release ({release()}), so fxdelta has nowhere to put its prefix"
             )
+        if causal and layer_idx is None:  # its keys/values came through its attention function, not a cache
+            raise UnsupportedModelError(
+                f"{path} ({type(module).__name__}) is a causal attention that takes no KV cache argument fxdelta "
+                f"recognises in this transformers release ({release()}): its keys and values reach fxdelta without "
+                f"the layer index that ties its prefix to its layer of {stack}'s cache"
+            )
         uses_cache = cache_parameter(module) is not None
         out[path] = AttentionGeometry(heads, head_dim, v_dim, layer_idx, uses_cache, causal, stack)
     stacks = sorted({g.stack for g in out.values() if g.stack})

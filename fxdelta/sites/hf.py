@@ -22,7 +22,9 @@ Covers transformers 5.9 to 5.24 (CI runs 5.9.0, the pinned 5.23.0 and 5.24.0). I
 from __future__ import annotations
 
 import inspect
+import re
 import sys
+import typing
 from collections.abc import Callable, MutableMapping
 from typing import Any, Protocol
 
@@ -37,12 +39,29 @@ CACHE_PARAMETERS = ("cache", "past_key_values")
 
 # -- what moved between releases, found by role ------------------------------------------------------
 def cache_parameter(module: nn.Module) -> str | None:
-    """The forward parameter of ``module`` that takes the KV cache, in this release's spelling, or None."""
+    """The forward parameter of ``module`` that takes the KV cache, or None: this release's spelling of the
+    stack's argument, else, by role, the parameter annotated as a ``Cache`` whatever it is called (Falcon's
+    and GPT-NeoX's attentions and layers take it as ``layer_past``)."""
     try:
         params = inspect.signature(module.forward).parameters
     except (TypeError, ValueError):
         return None
-    return next((name for name in CACHE_PARAMETERS if name in params), None)
+    named = next((name for name in CACHE_PARAMETERS if name in params), None)
+    if named is not None:
+        return named
+    return next((name for name, p in params.items() if _is_cache_annotation(p.annotation)), None)
+
+
+def _is_cache_annotation(annotation: Any) -> bool:
+    """Whether a parameter's annotation names a transformers ``Cache`` (``Cache | None``, a subclass, a string)."""
+    if isinstance(annotation, str):  # a module with ``from __future__ import annotations``
+        import transformers.cache_utils as cache_utils
+
+        names = re.findall(r"\b\w*Cache\b", annotation)
+        return any(isinstance(c := getattr(cache_utils, n, None), type) and issubclass(c, Cache) for n in names)
+    if isinstance(annotation, type):
+        return issubclass(annotation, Cache)
+    return any(_is_cache_annotation(a) for a in typing.get_args(annotation))
 
 
 def cache_in(kwargs: MutableMapping[str, Any]) -> Any:
@@ -54,7 +73,8 @@ def cache_in(kwargs: MutableMapping[str, Any]) -> Any:
 
 
 def put_cache(kwargs: MutableMapping[str, Any], name: str, cache: Any) -> None:
-    """Pass ``cache`` as argument ``name``, and under no other spelling (transformers refuses two)."""
+    """Pass ``cache`` as argument ``name`` (whatever the module calls it), and under no other spelling
+    (transformers refuses two)."""
     for other in CACHE_PARAMETERS:
         kwargs.pop(other, None)
     kwargs[name] = cache

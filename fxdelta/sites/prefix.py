@@ -232,6 +232,11 @@ def plan_prefix(backbone: nn.Module, entries: Sequence[Entry]) -> list[HookedSit
     stacks: dict[str, dict[int, PrefixAttentionSite]] = {}
     for site in attention.values():
         g = site.geometry
+        if g.causal and g.layer_idx is None:  # the probe refuses these: the index ties a prefix to its cache layer
+            raise ConfigError(
+                f"{site.path} stores keys and values in {g.stack}'s cache without a layer index, so fxdelta "
+                f"cannot tell which layer its prefix belongs to"
+            )
         if g.causal:
             stacks.setdefault(g.stack, {})[g.layer_idx] = site
     for stack, layers in stacks.items():

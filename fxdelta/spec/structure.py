@@ -68,7 +68,8 @@ def _bart_like(cross: bool, final_norm: str) -> dict[str, tuple[str, ...]]:
     }
 
 
-def _llama_like() -> dict[str, tuple[str, ...]]:
+def _llama_like(*norms: str) -> dict[str, tuple[str, ...]]:
+    """Llama's names; ``norms`` are a family's block norms beyond Llama's two (Gemma3 norms the FFN too)."""
     return {
         "attn.q": ("self_attn.q_proj",),
         "attn.k": ("self_attn.k_proj",),
@@ -76,13 +77,30 @@ def _llama_like() -> dict[str, tuple[str, ...]]:
         "attn.o": ("self_attn.o_proj",),
         "ff.w1": ("mlp.gate_proj", "mlp.up_proj"),
         "ff.w2": ("mlp.down_proj",),
-        "layer_norm": ("input_layernorm", "post_attention_layernorm"),
+        "layer_norm": ("input_layernorm", "post_attention_layernorm", *norms),
         "final_layer_norm": (_P + "norm",),
         "attn": ("self_attn",),
         "attn.self": ("self_attn",),
         "ff": ("mlp",),
         "ff.in": ("mlp.gate_proj",),
         "ff.act": ("mlp.act_fn",),
+    }
+
+
+def _neox_like(attention: str, norms: str, final_norm: str) -> dict[str, tuple[str, ...]]:
+    """GPT-NeoX and Falcon: q, k and v in one ``query_key_value``, ``dense`` after the attention, a 4h MLP.
+    ``attention`` and ``norms`` are regexes of the block's attention and norms after the layer index."""
+    block = _P + "(?:layers|h)\\.\\d+\\."
+    return {
+        **_attention("attn", block + attention, "query_key_value", "query_key_value", "query_key_value", "dense"),
+        "ff.w1": ("mlp.dense_h_to_4h",),
+        "ff.w2": ("mlp.dense_4h_to_h",),
+        "layer_norm": (block + norms,),
+        "final_layer_norm": (final_norm,),
+        "attn.self": (block + attention,),
+        "ff": ("mlp",),
+        "ff.in": ("mlp.dense_h_to_4h",),
+        "ff.act": ("mlp.act",),
     }
 
 
@@ -136,6 +154,21 @@ COMMON_STRUCTURE: dict[str, dict[str, tuple[str, ...]]] = {
     "llama": _llama_like(),
     "qwen2": _llama_like(),
     "qwen3": _llama_like(),
+    "mistral": _llama_like(),
+    # Gemma3ForCausalLM (model_type gemma3_text); inside Gemma3ForConditionalGeneration (gemma3) the search finds
+    # its language model, but the selectors, matched on every name, reach the SigLIP tower's self_attn too
+    "gemma3_text": _llama_like("pre_feedforward_layernorm", "post_feedforward_layernorm"),
+    "phi3": {
+        **_llama_like(),
+        **{f"attn.{name}": ("self_attn.qkv_proj",) for name in "qkv"},  # one projection for q, k and v
+        "ff.w1": ("mlp.gate_up_proj",),
+        "ff.in": ("mlp.gate_up_proj",),
+        "ff.act": ("mlp.activation_fn",),
+    },
+    # the old decoder has input_layernorm (and post_attention_layernorm when not parallel), the new one
+    # ln_attn and ln_mlp (or input_layernorm alone with num_ln_in_parallel_attn=1)
+    "falcon": _neox_like("self_attention", "(?:input_layernorm|post_attention_layernorm|ln_attn|ln_mlp)", "ln_f"),
+    "gpt_neox": _neox_like("attention", "(?:input_layernorm|post_attention_layernorm)", "final_layer_norm"),
     "vit": {
         "attn.q": ("attention.q_proj",),
         "attn.k": ("attention.k_proj",),
