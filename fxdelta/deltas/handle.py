@@ -75,11 +75,16 @@ class Handle(BackboneScope):
             self.heads: heads.HeadSet | None = None  # this delta's own task-head parameters (deltas/heads.py)
             self.attached = False
             meta.noted_at_build(self)  # built on the meta device: reset_deltas gives it values later
+            self._built()
             if attach:
                 self.attach()
         except BaseException:
             self.state.forget(self)
             raise
+
+    def _built(self) -> None:
+        """Called once the delta is built, before it attaches, inside the guard that undoes a failed construction:
+        a face adds what it offers on the backbone here (registering its undo on ``state.on_drop``)."""
 
     @property
     def delta_type(self) -> str:

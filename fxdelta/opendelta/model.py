@@ -23,7 +23,6 @@ from fxdelta.inspect.log import log, rewritten_graphs
 from fxdelta.lifecycle.hotswap import swap_in
 from fxdelta.lifecycle.reparameterization import fold_reparameterization
 from fxdelta.merge.checked import merge_into_backbone
-from fxdelta.spec.config import DeltaConfig
 
 
 class DeltaModel(Handle):
@@ -35,24 +34,7 @@ class DeltaModel(Handle):
     ``hooks_only=True`` uses the hook fallback everywhere (slower; for checks and debugging).
     """
 
-    def __init__(
-        self,
-        backbone_model: nn.Module,
-        config: DeltaConfig | None = None,
-        *,
-        example_inputs: Any = None,
-        hooks_only: bool = False,
-        attach: bool = True,
-        **hyper_parameters: Any,
-    ) -> None:
-        super().__init__(
-            backbone_model,
-            config,
-            example_inputs=example_inputs,
-            hooks_only=hooks_only,
-            attach=attach,
-            **hyper_parameters,
-        )
+    def _built(self) -> None:
         pretrained.install(self.state)  # save_pretrained (Trainer.save_model) writes the deltas
 
     def log(
