@@ -123,3 +123,14 @@ def test_version_of():
     before = ti.version_of(t)
     t.add_(1)
     assert ti.version_of(t) == before + 1
+
+
+def test_fxdelta_never_scripts():
+    # The suite ignores torch's TorchScript deprecation (transformers' older models script helpers): that is only
+    # sound while fxdelta's code itself never calls torch.jit.script or torch.jit.trace (messages may name them).
+    def scripts(source: str) -> bool:
+        calls = (n.func for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Call))
+        named = (_dotted(f) for f in calls if isinstance(f, ast.Attribute) and f.attr in ("script", "trace"))
+        return any("jit" in d.split(".") for d in named)
+
+    assert [str(f.relative_to(ROOT)) for f in _sources() if scripts(f.read_text())] == []
