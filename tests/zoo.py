@@ -241,8 +241,9 @@ _ALL = [
     ZooModel("cnn", TinyCNN, lambda: (torch.randn(2, 3, 8, 8),), is_hf=False),
     ZooModel("transformer-encoder", _encoder, lambda: (torch.randn(2, 5, 16),), is_hf=False),
 ]
-# Families this transformers release lacks are left out of the zoo (test_structure reports them as skips).
+# Families this transformers release lacks are left out of the zoo (test_structure still counts their maps).
 UNAVAILABLE: dict[str, str] = {m.name: reason for m in _ALL if (reason := _missing(m))}
+UNAVAILABLE_TYPES = {m.model_type for m in _ALL if m.name in UNAVAILABLE}
 ZOO: dict[str, ZooModel] = {m.name: m for m in _ALL if m.name not in UNAVAILABLE}
 
 HF_FAMILIES = [name for name, m in ZOO.items() if m.is_hf]
